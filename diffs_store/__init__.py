@@ -1,0 +1,1 @@
+"""The sparse-diff contract: file format, validation, composition math, blob store, registry."""

@@ -1,0 +1,181 @@
+"""The metadata every diff carries in its safetensors header.
+
+safetensors headers hold ``str -> str`` only, so scalar fields are stored as strings and
+structured ones (labels, recipe, metrics) as JSON. The field list and meaning are documented
+in docs/FORMAT.md; this module is the single source of truth for them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from diffs_store import errors
+
+FORMAT_NAME = "csft-sparse-diff"
+FORMAT_VERSION = 1
+
+
+class DiffKind(str, Enum):
+    LANGUAGE = "language"
+    TASK = "task"
+
+
+class TaskType(str, Enum):
+    TOKEN_CLASSIFICATION = "token-classification"
+    SEQUENCE_CLASSIFICATION = "sequence-classification"
+    QUESTION_ANSWERING = "question-answering"
+    FILL_MASK = "fill-mask"
+
+
+# BCP-47 subset: a 2-3 letter primary language subtag (ISO 639-1 or 639-3), an optional
+# 4-letter script subtag and an optional region subtag (2 letters or 3 digits).
+_LANG_RE = re.compile(r"^([a-z]{2,3})(?:-([a-z]{4}))?(?:-([a-z]{2}|[0-9]{3}))?$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def normalise_language(code: str) -> str:
+    """Normalise a language tag to BCP-47 casing: ``hau``, ``pt-BR``, ``sr-Latn-RS``.
+
+    Underscores become hyphens, case is fixed per subtag. Anything outside the supported
+    subset raises ``ValueError`` naming the tag.
+    """
+    raw = code.strip().replace("_", "-").lower()
+    m = _LANG_RE.match(raw)
+    if not m:
+        raise ValueError(
+            f"language {code!r} is not a language tag (expected ISO 639-1/639-3 with optional "
+            "script and region, e.g. 'hau', 'sw', 'pt-BR')"
+        )
+    primary, script, region = m.groups()
+    parts = [primary]
+    if script:
+        parts.append(script.title())
+    if region:
+        parts.append(region.upper())
+    return "-".join(parts)
+
+
+def normalise_task(name: str) -> str:
+    """Task names are lowercase slugs (``ner``, ``pos``, ``xnli``)."""
+    slug = name.strip().lower()
+    if not _NAME_RE.match(slug):
+        raise ValueError(f"task name {name!r} must be a slug of [a-z0-9._-], at most 64 characters")
+    return slug
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class DiffMetadata(BaseModel):
+    """Validated metadata of one diff. ``nnz`` is checked against the tensors by the loader."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    kind: DiffKind
+    base_model: str = Field(min_length=1)
+    base_fingerprint: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    nnz: int = Field(ge=0)
+    language: str | None = None
+    task: str | None = None
+    task_type: TaskType | None = None
+    labels: tuple[str, ...] = ()
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=utc_now)
+
+    @field_validator("format_version")
+    @classmethod
+    def _supported_version(cls, v: int) -> int:
+        if v != FORMAT_VERSION:
+            raise ValueError(f"format_version {v} is not supported (this build reads {FORMAT_VERSION})")
+        return v
+
+    @field_validator("language")
+    @classmethod
+    def _lang(cls, v: str | None) -> str | None:
+        return None if v is None else normalise_language(v)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str | None) -> str | None:
+        return None if v is None else normalise_task(v)
+
+    @field_validator("created_at")
+    @classmethod
+    def _timestamp(cls, v: str) -> str:
+        datetime.fromisoformat(v)  # raises ValueError on garbage
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DiffMetadata":
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels contain duplicates")
+        if self.kind is DiffKind.LANGUAGE:
+            if self.language is None:
+                raise ValueError("a language diff needs 'language'")
+            if self.task is not None:
+                raise ValueError("a language diff must not name a task")
+            if self.task_type not in (None, TaskType.FILL_MASK):
+                raise ValueError("a language diff's task_type can only be 'fill-mask'")
+            if self.labels:
+                raise ValueError("a language diff has no labels")
+        else:
+            if self.task is None or self.task_type is None:
+                raise ValueError("a task diff needs 'task' and 'task_type'")
+            if self.task_type is TaskType.FILL_MASK:
+                raise ValueError("a task diff cannot have task_type 'fill-mask'")
+            needs_labels = self.task_type in (TaskType.TOKEN_CLASSIFICATION, TaskType.SEQUENCE_CLASSIFICATION)
+            if needs_labels and len(self.labels) < 2:
+                raise ValueError(f"a {self.task_type.value} task diff needs at least two labels")
+            if not needs_labels and self.labels:
+                raise ValueError("a question-answering task diff has no labels")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The registry key within a base: the language for language diffs, the task otherwise."""
+        return self.language if self.kind is DiffKind.LANGUAGE else self.task  # type: ignore[return-value]
+
+    # -- header encoding -------------------------------------------------------------------
+
+    def to_header(self) -> dict[str, str]:
+        out = {"format": FORMAT_NAME}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            out[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        return out
+
+    @classmethod
+    def from_header(cls, header: dict[str, str] | None) -> "DiffMetadata":
+        if not header:
+            raise errors.DiffError(errors.BAD_METADATA, "the file has no metadata header")
+        if header.get("format") != FORMAT_NAME:
+            raise errors.DiffError(
+                errors.BAD_METADATA, f"metadata 'format' is {header.get('format')!r}, expected {FORMAT_NAME!r}"
+            )
+        fields: dict[str, Any] = {}
+        for name, raw in header.items():
+            if name == "format":
+                continue
+            if name in ("labels", "recipe", "metrics"):
+                try:
+                    fields[name] = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise errors.DiffError(errors.BAD_METADATA, f"metadata '{name}' is not JSON: {exc}") from None
+            else:
+                fields[name] = raw
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "metadata"
+            raise errors.DiffError(errors.BAD_METADATA, f"{where}: {first['msg']}") from None

@@ -1,0 +1,82 @@
+"""Tiny models and random diffs built inside the tests (no model hub, no network)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, BertConfig, PreTrainedModel, XLMRobertaConfig
+
+from diffs_store.base import BaseSpec, base_params
+from diffs_store.format import SparseDiff, SparseTensorDiff
+from diffs_store.metadata import DiffKind, DiffMetadata, TaskType
+
+
+def tiny_bert_config(vocab_size: int = 120, **kw) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, **kw,
+    )
+
+
+def tiny_xlmr_config(vocab_size: int = 120) -> XLMRobertaConfig:
+    return XLMRobertaConfig(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=70, pad_token_id=1,
+    )
+
+
+def tiny_base(config=None, seed: int = 0) -> tuple[PreTrainedModel, BaseSpec]:
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config or tiny_bert_config())
+    model.eval()
+    return model, BaseSpec.from_model("tiny-bert", model)
+
+
+def random_sparse(params, density: float, gen: torch.Generator, dtype=torch.float32, scale: float = 0.05):
+    sparse = {}
+    for name, p in params.items():
+        if "LayerNorm" in name:
+            continue
+        n = p.numel()
+        k = max(1, int(n * density))
+        idx = torch.randperm(n, generator=gen)[:k].sort().values
+        val = (torch.randn(k, generator=gen) * scale).to(dtype)
+        sparse[name] = SparseTensorDiff(idx, val)
+    return sparse
+
+
+def random_diff(
+    model: PreTrainedModel,
+    spec: BaseSpec,
+    kind: DiffKind = DiffKind.LANGUAGE,
+    *,
+    language: str | None = "hau",
+    task: str = "ner",
+    task_type: TaskType = TaskType.TOKEN_CLASSIFICATION,
+    labels: tuple[str, ...] = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"),
+    density: float = 0.05,
+    seed: int = 1,
+    with_head: bool = True,
+) -> SparseDiff:
+    """A valid diff for ``spec`` with random deltas (and a random head for task diffs)."""
+    gen = torch.Generator().manual_seed(seed)
+    sparse = random_sparse(base_params(model), density, gen)
+    if kind is DiffKind.LANGUAGE:
+        meta = dict(kind=kind, language=language)
+        if with_head:
+            meta["task_type"] = TaskType.FILL_MASK
+        head_type, n_labels = TaskType.FILL_MASK, 2
+    else:
+        if task_type is TaskType.QUESTION_ANSWERING:
+            labels = ()
+        meta = dict(kind=kind, language=language, task=task, task_type=task_type, labels=labels)
+        head_type, n_labels = task_type, max(len(labels), 2)
+    dense = {}
+    if with_head or kind is DiffKind.TASK:
+        shapes, required = spec.head_shapes(head_type, n_labels)
+        dense = {name: torch.randn(shapes[name], generator=gen) * 0.1 for name in sorted(required)}
+    nnz = sum(len(s) for s in sparse.values())
+    return SparseDiff(
+        meta=DiffMetadata(base_model=spec.name, base_fingerprint=spec.fingerprint, nnz=nnz, **meta),
+        sparse=sparse,
+        dense=dense,
+    )
