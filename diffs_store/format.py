@@ -78,13 +78,26 @@ class SparseDiff:
         for name, t in sorted(self.dense.items()):
             tensors[DENSE_PREFIX + name] = t.contiguous()
         meta = self.meta.model_copy(update={"nnz": self.nnz})
-        return st_save(tensors, metadata=meta.to_header())
+        return _canonical_header(st_save(tensors, metadata=meta.to_header()))
 
     def save(self, path: str | Path) -> str:
         """Write the file and return its diff id."""
         data = self.to_bytes()
         Path(path).write_bytes(data)
         return diff_id(data)
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """Rewrite the header with sorted keys so equal diffs give equal bytes (and ids).
+
+    safetensors writes ``__metadata__`` in hash-map order, which changes from run to run;
+    a content-addressed store wants one byte string per diff. Offsets are unchanged.
+    """
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)  # keep the tensor data 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 def diff_id(data: bytes) -> str:
