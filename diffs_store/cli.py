@@ -1,0 +1,131 @@
+"""``csft diff ...`` and ``csft merge``: the diff store's command line.
+
+Every failure prints one line on stderr and exits non-zero (1 for a refused diff, 2 for bad
+usage), so scripts can branch on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+from diffs_store import errors
+
+diff_app = typer.Typer(help="Inspect, validate and import sparse diff files.", no_args_is_help=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", 2)
+
+
+def _load_base(name: str):
+    from diffs_store.base import load_base_model
+
+    try:
+        return load_base_model(name)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot load base model {name!r}: {str(exc).splitlines()[0]}", 2)
+
+
+@diff_app.command("inspect")
+def inspect_cmd(file: Path) -> None:
+    """Print a diff's metadata (plus its id and size) as JSON."""
+    from diffs_store.format import diff_id, read_metadata
+
+    data = _read(file)
+    try:
+        meta = read_metadata(data)
+    except errors.DiffError as exc:
+        fail(str(exc))
+    out = {"id": diff_id(data), "size": len(data), **meta.model_dump(mode="json")}
+    typer.echo(json.dumps(out, indent=2))
+
+
+@diff_app.command("validate")
+def validate_cmd(
+    file: Path,
+    base: str = typer.Option(..., "--base", help="Base model: Hugging Face name or local directory."),
+    max_bytes: int = typer.Option(2 * 1024**3, help="Refuse files above this size."),
+) -> None:
+    """Exit 0 when FILE is a valid diff for BASE; otherwise one line naming the problem."""
+    from diffs_store.validate import validate_diff_bytes
+
+    data = _read(file)
+    _, spec = _load_base(base)
+    try:
+        diff = validate_diff_bytes(data, spec, max_bytes=max_bytes)
+    except errors.DiffError as exc:
+        fail(str(exc))
+    typer.echo(f"ok: {diff.meta.kind.value} diff {diff.meta.key!r}, {diff.nnz} entries, valid for {base}")
+
+
+@diff_app.command("import-csft")
+def import_cmd(
+    src: Path = typer.Argument(..., help="A composable-sft pytorch_diff.bin (or its directory)."),
+    base: str = typer.Option(..., "--base"),
+    kind: str = typer.Option(..., "--kind", help="language or task"),
+    language: Optional[str] = typer.Option(None, "--language"),
+    task: Optional[str] = typer.Option(None, "--task"),
+    task_type: Optional[str] = typer.Option(None, "--task-type"),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated label names, in id order."),
+    out: Path = typer.Option(..., "-o", "--output"),
+) -> None:
+    """Convert a reference (composable-sft) SFT into our format, values unchanged."""
+    from diffs_store.metadata import DiffKind, TaskType
+    from diffs_store.reference_import import import_reference
+
+    if src.is_dir():
+        src = src / "pytorch_diff.bin"
+    try:
+        kind_v = DiffKind(kind)
+        task_type_v = TaskType(task_type) if task_type else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    data = _read(src)
+    _, spec = _load_base(base)
+    try:
+        diff = import_reference(
+            data, spec, kind=kind_v, language=language, task=task, task_type=task_type_v,
+            labels=tuple(labels.split(",")) if labels else (),
+        )
+    except errors.DiffError as exc:
+        fail(str(exc))
+    diff_id = diff.save(out)
+    typer.echo(f"wrote {out} ({diff.nnz} entries, id {diff_id})")
+
+
+def merge_cmd(
+    base: str = typer.Option(..., "--base", help="Base model: Hugging Face name or local directory."),
+    language_diff: Optional[Path] = typer.Option(None, "--language-diff"),
+    task_diff: Optional[Path] = typer.Option(None, "--task-diff"),
+    out: Path = typer.Option(..., "-o", "--output", help="Output directory (a Hugging Face model)."),
+) -> None:
+    """Bake a language and/or task diff into a plain Hugging Face model directory."""
+    from diffs_store.format import parse_diff
+    from diffs_store.merge import merge_to_directory
+
+    paths = [p for p in (language_diff, task_diff) if p is not None]
+    if not paths:
+        fail("give --language-diff and/or --task-diff", 2)
+    try:
+        diffs = [parse_diff(_read(p)) for p in paths]
+        for p, d, want in zip(paths, diffs, ["language", "task"] if language_diff else ["task"]):
+            if d.meta.kind.value != want:
+                fail(f"{p} is a {d.meta.kind.value} diff, given as --{want}-diff", 2)
+        model = merge_to_directory(base, diffs, out)
+    except errors.DiffError as exc:
+        fail(str(exc))
+    except (OSError, ValueError) as exc:
+        fail(str(exc).splitlines()[0], 2)
+    typer.echo(f"wrote {type(model).__name__} to {out}")

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per concern; shared resources come from :mod:`service.api.deps`."""

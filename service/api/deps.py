@@ -1,0 +1,41 @@
+"""Dependency injection: the engine and settings live on ``app.state``, set by the lifespan."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.config import Settings
+from service.engine import Engine
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_engine(request: Request) -> Engine:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the model is still loading")
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def require_admin(
+    settings: Settings = Depends(get_settings),
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> None:
+    """Bearer token check with a constant-time compare; admin is off when no token is set."""
+    if settings.admin_token is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the admin API is disabled: set CSFT_ADMIN_TOKEN to enable it")
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "admin routes need 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    expected = settings.admin_token.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")

