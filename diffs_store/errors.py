@@ -45,3 +45,4 @@ NON_FINITE = "non_finite"
 UNKNOWN_TENSOR = "unknown_tensor"
 HEAD_SHAPE = "head_shape"
 FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+BAD_REFERENCE = "bad_reference"  # a composable-sft pytorch_diff.bin we refuse to import

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(512, ge=8, description="Token limit per input; longer inputs are refused with 413.")
     max_upload_bytes: int = Field(1024**3, ge=1, description="Largest diff file accepted by the admin upload.")
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets 504.")
+
+    @field_validator("admin_token", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        """``CSFT_ADMIN_TOKEN=`` (as compose passes an unset variable) means "off", not "empty token"."""
+        return None if v == "" else v
 
     def resolved_device(self) -> str:
         if self.device != "auto":

