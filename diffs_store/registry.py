@@ -43,7 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
 
 import redis
 
@@ -61,6 +61,7 @@ GC_GEN_TTL_S = 86_400  # only has to outlive one publish attempt
 _POLL_S = 0.05
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 # -- Lua ---------------------------------------------------------------------------------
@@ -219,16 +220,17 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
+def _redis_errors(fn: Callable[P, T]) -> Callable[P, T]:
     """Report Redis outages as :class:`RedisUnavailable` (a ``RegistryError``), so callers
     handle one exception family; NotFound and friends pass through untouched."""
 
     @functools.wraps(fn)
-    def wrapper(self: "Registry", *args: Any, **kwargs: Any) -> T:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return fn(self, *args, **kwargs)
+            return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailable(f"Redis at {describe(self.redis)} is unreachable: {exc}") from exc
+            client = args[0].redis  # type: ignore[attr-defined]  # always a Registry method
+            raise RedisUnavailable(f"Redis at {describe(client)} is unreachable: {exc}") from exc
 
     return wrapper
 
@@ -544,19 +546,20 @@ class Registry:
         key = f"{self.ns}:changes" if base_fp is None else f"{self._base(base_fp)}:changes"
         return int(_s(self.redis.get(key)) or 0)
 
+    @_redis_errors
     def subscribe(self, timeout: float = 5.0) -> "ChangeFeed":
         """A live feed of change events; subscribed before this returns (so nothing
         published afterwards is missed)."""
         return ChangeFeed(self.redis, self.channel, timeout=timeout)
 
     def listen_changes(self, stop: threading.Event | None = None, poll_s: float = 1.0) -> Iterator[dict[str, Any]]:
-        """Yield change events until ``stop`` is set (checked every ``poll_s``). Pub/sub is
-        fire-and-forget, so pair it with :meth:`change_counter` to catch up after gaps."""
-        with self.subscribe() as feed:
-            while stop is None or not stop.is_set():
-                msg = feed.get(timeout=poll_s)
-                if msg is not None:
-                    yield msg
+        """Change events until ``stop`` is set (checked every ``poll_s``).
+
+        Subscribes *before* returning (a plain generator would only subscribe on the first
+        ``next()`` and miss what happens in between). Pub/sub is fire-and-forget, so a
+        replica should also poll :meth:`change_counter` to catch up after a disconnect.
+        """
+        return _drain(self.subscribe(), stop, poll_s)
 
     def ping(self) -> bool:
         """True when Redis answers; never raises (for health checks)."""
@@ -564,6 +567,14 @@ class Registry:
             return bool(self.redis.ping())
         except redis.RedisError:
             return False
+
+
+def _drain(feed: "ChangeFeed", stop: threading.Event | None, poll_s: float) -> Iterator[dict[str, Any]]:
+    with feed:
+        while stop is None or not stop.is_set():
+            msg = feed.get(timeout=poll_s)
+            if msg is not None:
+                yield msg
 
 
 class ChangeFeed:

@@ -373,31 +373,12 @@ def test_change_counter_and_events(reg, base_a, base_b):
 
 def test_listen_changes_generator(reg, base_a):
     stop = threading.Event()
-    got: list[dict] = []
-    ready = threading.Event()
-
-    def listen() -> None:
-        gen = reg.listen_changes(stop, poll_s=0.05)
-        # Subscription happens on first next(); poll until the publish below shows up.
-        ready.set()
-        for msg in gen:
-            got.append(msg)
-            stop.set()
-
-    t = threading.Thread(target=listen)
-    t.start()
-    ready.wait(5)
-    deadline = time.monotonic() + 5
-    data = lang_bytes(base_a)
-    while not got and time.monotonic() < deadline:
-        # Publishing is idempotent, so retire and republish until the listener is subscribed.
-        e = reg.publish(data)
-        time.sleep(0.1)
-        if not got:
-            reg.retire(e.id)
+    events = reg.listen_changes(stop, poll_s=0.05)  # subscribed on return
+    e = publish(reg, lang_bytes(base_a))
+    msg = next(events)
+    assert (msg["event"], msg["id"], msg["counter"]) == ("publish", e.id, 1)
     stop.set()
-    t.join(timeout=5)
-    assert got and got[0]["id"] == diff_id(data)
+    assert list(events) == []  # ends once stopped
 
 
 # -- connection -------------------------------------------------------------------------------

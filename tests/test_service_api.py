@@ -157,7 +157,7 @@ def test_forward_failure_restores_weights_and_service_recovers(loaded):
     loaded.post("/v1/predict", json={"language": "swa", "task": "pos", "inputs": ["mary"]})  # apply another pair
     engine.before_forward = boom
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went to lagos"]})
-    assert r.status_code == 500
+    assert r.status_code == 500 and "injected failure" in r.json()["detail"]
     assert engine.patcher.active is None and state_sha(engine.host.params) == pristine
     again = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went to lagos"]}).json()
     assert again["predictions"] == ok["predictions"]

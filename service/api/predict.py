@@ -72,6 +72,8 @@ async def predict(body: PredictRequest, engine: Engine = Depends(get_engine)) ->
             predictions = await engine.predict(comp, prepared)
         except asyncio.TimeoutError:
             raise HTTPException(504, f"no answer within {limits.request_timeout_s} s") from None
+        except Exception as exc:  # the worker has already restored the base; say what failed
+            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from None
         code = 200
         return PredictResponse(
             language=comp.language.key if comp.language else None,

@@ -1,0 +1,128 @@
+"""A real `csft serve` process (uvicorn on loopback) under concurrent mixed traffic: every
+answer must equal the offline-merged model of its pair (the `csft merge` composition)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from diffs_store.base import load_base_model, load_tokenizer
+from diffs_store.format import parse_diff
+from diffs_store.merge import build_composed_model
+from diffs_store.metadata import TaskType
+from service.tasks import ADAPTERS
+from service_fixtures import LANGUAGES, TASKS, WORDS
+
+TOKEN = "e2e-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_base_dir, tiny_diffs, tmp_path_factory):
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("serve-data")
+    env = dict(os.environ, CSFT_BASE_MODEL=str(tiny_base_dir), CSFT_DATA_DIR=str(data_dir),
+               CSFT_ADMIN_TOKEN=TOKEN, CSFT_DEVICE="cpu", CSFT_MAX_BATCH_SIZE="16", CSFT_MAX_WAIT_MS="3")
+    env.pop("REDIS_URL", None)
+    cli = Path(sys.executable).with_name("csft")
+    proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("server did not become ready")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for (_, key), data in tiny_diffs.items():
+        r = httpx.post(f"{url}/v1/admin/diffs", files={"file": (f"{key}.safetensors", data)}, headers=headers)
+        assert r.status_code == 201, r.text
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+def sentence(rng: random.Random) -> str:
+    plain = [w for w in WORDS if not w.startswith("##")]
+    return " ".join(rng.choice(plain) for _ in range(rng.randint(1, 9)))
+
+
+def make_input(task: str, rng: random.Random):
+    task_type = TASKS[task][0]
+    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
+        return {"text": sentence(rng), "text_pair": sentence(rng)}
+    if task_type is TaskType.QUESTION_ANSWERING:
+        return {"question": sentence(rng), "context": sentence(rng) + " " + sentence(rng)}
+    return sentence(rng)
+
+
+def expected(tiny_base_dir, tiny_diffs, language, task, inputs):
+    """Offline: merge the pair into a plain model and run each input alone."""
+    base, spec = load_base_model(str(tiny_base_dir))
+    tokenizer = load_tokenizer(str(tiny_base_dir))
+    diffs = [parse_diff(tiny_diffs[("language", language)]), parse_diff(tiny_diffs[("task", task)])]
+    model = build_composed_model(base, spec, diffs)
+    adapter = ADAPTERS[TASKS[task][0]]
+    return [adapter.run(model, tokenizer, [adapter.prepare(tokenizer, x, 512)], torch.device("cpu"))[0] for x in inputs]
+
+
+def assert_same(got: dict, want: dict) -> None:
+    for key in ("labels", "label", "answer", "start", "end", "entities"):
+        if key in want:
+            assert got[key] == want[key], key
+    for key in ("logits", "logit_score"):
+        if key in want:
+            torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(want[key]), rtol=0, atol=1e-5)
+
+
+def test_concurrent_mixed_pairs_match_offline_merge(server, tiny_base_dir, tiny_diffs):
+    rng = random.Random(1)
+    pairs = [(l, t) for l in LANGUAGES for t in TASKS]  # 20 pairs
+    requests = []
+    for _ in range(240):
+        language, task = rng.choice(pairs)
+        requests.append((language, task, [make_input(task, rng) for _ in range(rng.randint(1, 3))]))
+
+    async def fire():
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+        async with httpx.AsyncClient(base_url=server, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*[
+                client.post("/v1/predict", json={"language": l, "task": t, "inputs": x}) for l, t, x in requests
+            ])
+
+    responses = asyncio.run(fire())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:3]
+    by_pair: dict = {}
+    for (language, task, inputs), r in zip(requests, responses):
+        by_pair.setdefault((language, task), []).append((inputs, r.json()["predictions"]))
+    assert len(by_pair) >= 10
+    for (language, task), items in by_pair.items():
+        flat_inputs = [x for inputs, _ in items for x in inputs]
+        flat_got = [p for _, preds in items for p in preds]
+        for got, want in zip(flat_got, expected(tiny_base_dir, tiny_diffs, language, task, flat_inputs)):
+            assert_same(got, want)
+    metrics = httpx.get(f"{server}/metrics").text
+    assert "csft_pair_switches_total" in metrics and "csft_batch_inputs_bucket" in metrics
