@@ -66,6 +66,14 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def quiet_transformers() -> None:
+    """No progress bars or load reports on stderr: CLI errors must stay one line."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def fingerprint_params(params: Mapping[str, torch.Tensor]) -> str:
     """Stable sha256 over (name, shape, canonical dtype, values) of every parameter."""
     h = hashlib.sha256()

@@ -10,6 +10,15 @@ from diffs_store.cli import diff_app, merge_cmd
 
 app = typer.Typer(help="Composable sparse fine-tunings: diffs, merge, serving.", no_args_is_help=True)
 app.add_typer(diff_app, name="diff")
+
+
+@app.callback()
+def _setup() -> None:
+    from diffs_store.base import quiet_transformers
+
+    quiet_transformers()
+
+
 app.command("merge")(merge_cmd)
 
 
