@@ -1,16 +1,23 @@
-"""Composition math, in one place: theta = theta0 + sum of sparse deltas (+ a head).
+"""Composition math, in one place: theta = theta0 + language delta + task delta (+ a head).
 
-Used by the service (patch plans applied in place), ``csft merge`` (a composed state dict)
-and evaluation. Both paths compute the composed value the same way, so a merged model and a
-patched model hold bit-identical weights:
+Used by the service (switching the live encoder between compositions), ``csft merge`` and
+evaluation (composed state dicts) and the trainer (a source-language diff applied while a
+task trains). All of them compute a composed entry with the same formula,
 
-    patched[i] = cast_to_param_dtype( float32(theta0[i]) + (delta_a[i] + delta_b[i]) )
+    composed[i] = to_param_dtype( float32(theta0[i]) + (delta_language[i] + delta_task[i]) )
 
-The deltas are summed in float32 in a canonical diff order (sorted by kind, then key), so
-the result does not depend on the order the caller passes the diffs in. A plan stores the
-original and the patched values at the union of touched indices; applying and restoring
-are then two ``index_copy_`` calls per tensor. Restoring copies saved values back instead
-of subtracting, so it is bit-exact in every dtype after any number of cycles.
+(deltas summed in float32, language first; an absent delta is exactly 0), so a merged model
+and a patched model hold bit-identical weights.
+
+Representation. A composition is at most one language and one task diff. Each diff becomes
+a :class:`DiffLayer` (its indices, theta0 there, theta0 + its delta there) and the entries
+both diffs touch an :class:`Overlap` (theta0 + both deltas, and each diff's value alone).
+Layers are per diff, not per pair, so a cache of layers costs the diffs' size once however
+many pairs they form, and :func:`switch` writes only what changes: going from (L1, T) to
+(L2, T) touches L1 and L2 (plus their small overlaps with T), never the rest of T.
+
+Every write is an ``index_copy_`` of precomputed values; restoring copies saved originals
+back instead of subtracting, so it is bit-exact in every dtype after any number of cycles.
 """
 
 from __future__ import annotations
@@ -21,61 +28,9 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from diffs_store.format import SparseDiff
+from diffs_store.metadata import DiffKind
 
-
-@dataclass(frozen=True)
-class TensorPatch:
-    """One parameter's touched entries: flat row-major int64 indices, sorted and unique."""
-
-    indices: torch.Tensor
-    original: torch.Tensor  # theta0 at indices, parameter dtype
-    patched: torch.Tensor  # composed value at indices, parameter dtype
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.indices, self.original, self.patched))
-
-
-@dataclass(frozen=True)
-class PatchPlan:
-    """Everything needed to switch a base model to a composition and back."""
-
-    tensors: dict[str, TensorPatch]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.tensors.values())
-
-    @property
-    def nnz(self) -> int:
-        return sum(p.indices.numel() for p in self.tensors.values())
-
-
-def canonical_order(diffs: Iterable[SparseDiff]) -> list[SparseDiff]:
-    """Language diffs before task diffs, then by key: makes float32 summation order-free."""
-    return sorted(diffs, key=lambda d: (d.meta.kind.value, d.meta.key or "", d.meta.created_at))
-
-
-def summed_deltas(diffs: Sequence[SparseDiff]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per parameter: (union of indices as sorted int64, float32 sum of the deltas there)."""
-    by_name: dict[str, list] = {}
-    for diff in canonical_order(diffs):
-        for name, part in diff.sparse.items():
-            by_name.setdefault(name, []).append(part)
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, parts in by_name.items():
-        if len(parts) == 1:
-            out[name] = (parts[0].indices.to(torch.int64), parts[0].values.to(torch.float32))
-            continue
-        idx = torch.cat([p.indices.to(torch.int64) for p in parts])
-        val = torch.cat([p.values.to(torch.float32) for p in parts])
-        union, inverse = torch.unique(idx, sorted=True, return_inverse=True)
-        delta = torch.zeros(union.numel(), dtype=torch.float32)
-        # Each diff's indices are unique, so every union entry receives at most one value per
-        # diff, added in canonical diff order (index_add_ walks its input in order on CPU).
-        delta.index_add_(0, inverse, val)
-        out[name] = (union, delta)
-    return out
+Params = Mapping[str, torch.Tensor]
 
 
 def composed_values(original: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -83,47 +38,169 @@ def composed_values(original: torch.Tensor, delta: torch.Tensor) -> torch.Tensor
     return (original.to(torch.float32) + delta).to(original.dtype)
 
 
-def build_patch_plan(params: Mapping[str, torch.Tensor], diffs: Sequence[SparseDiff]) -> PatchPlan:
-    """Plan a composition against *pristine* ``params`` (base-model names -> tensors).
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
-    Reads the original values, so it must run while no other plan is applied.
-    """
-    tensors: dict[str, TensorPatch] = {}
-    for name, (idx, delta) in summed_deltas(diffs).items():
+
+@dataclass(frozen=True)
+class TensorLayer:
+    indices: torch.Tensor  # flat row-major, int64, sorted unique (index_copy_ needs int64)
+    original: torch.Tensor  # theta0 there, parameter dtype
+    patched: torch.Tensor  # theta0 + this diff's delta there, parameter dtype
+
+
+@dataclass(frozen=True)
+class DiffLayer:
+    """One diff planned against a pristine base."""
+
+    tensors: dict[str, TensorLayer]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(t.indices, t.original, t.patched) for t in self.tensors.values())
+
+    @property
+    def nnz(self) -> int:
+        return sum(t.indices.numel() for t in self.tensors.values())
+
+
+@dataclass(frozen=True)
+class TensorOverlap:
+    indices: torch.Tensor  # entries both diffs touch
+    first: torch.Tensor  # value with the first (language) diff alone
+    second: torch.Tensor  # value with the second (task) diff alone
+    both: torch.Tensor  # composed value
+
+
+@dataclass(frozen=True)
+class Overlap:
+    tensors: dict[str, TensorOverlap]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(t.indices, t.first, t.second, t.both) for t in self.tensors.values())
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """A composition ready to switch to: its layers (language first) and their overlap."""
+
+    layers: tuple[DiffLayer, ...]
+    overlap: Overlap | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers) + (self.overlap.nbytes if self.overlap else 0)
+
+    @property
+    def nnz(self) -> int:
+        """Entries written when switching to this composition from the pristine base."""
+        shared = sum(t.indices.numel() for t in self.overlap.tensors.values()) if self.overlap else 0
+        return sum(layer.nnz for layer in self.layers) - shared
+
+
+def canonical_order(diffs: Iterable[SparseDiff]) -> list[SparseDiff]:
+    """Language diff first, then the task diff: fixes the float32 summation order."""
+    ordered = sorted(diffs, key=lambda d: 0 if d.meta.kind is DiffKind.LANGUAGE else 1)
+    if len(ordered) > 2 or (len(ordered) == 2 and ordered[0].meta.kind is ordered[1].meta.kind):
+        raise ValueError("a composition takes at most one language diff and one task diff")
+    return ordered
+
+
+def build_layer(params: Params, diff: SparseDiff) -> DiffLayer:
+    """Plan one diff. Reads theta0, so the base must be pristine at the diff's indices."""
+    tensors = {}
+    for name, part in diff.sparse.items():
         flat = params[name].detach().view(-1)
-        idx = idx.to(flat.device)
+        idx = part.indices.to(device=flat.device, dtype=torch.int64)
         original = flat.index_select(0, idx)
-        patched = composed_values(original, delta.to(flat.device))
-        tensors[name] = TensorPatch(idx, original, patched)
-    return PatchPlan(tensors)
+        patched = composed_values(original, part.values.to(device=flat.device, dtype=torch.float32))
+        tensors[name] = TensorLayer(idx, original, patched)
+    return DiffLayer(tensors)
+
+
+def build_overlap(first: DiffLayer, second: DiffLayer, first_diff: SparseDiff, second_diff: SparseDiff) -> Overlap:
+    """The entries both diffs touch; the deltas come from the diffs (layers keep only values)."""
+    tensors = {}
+    for name in first.tensors.keys() & second.tensors.keys():
+        a, b = first.tensors[name], second.tensors[name]
+        if not a.indices.numel() or not b.indices.numel():
+            continue
+        pos_a = torch.searchsorted(a.indices, b.indices).clamp_(max=a.indices.numel() - 1)
+        in_a = a.indices[pos_a] == b.indices
+        if not bool(in_a.any()):
+            continue
+        pos_b = torch.nonzero(in_a).squeeze(1)
+        pos_a = pos_a[in_a]
+        delta_a = first_diff.sparse[name].values.to(device=pos_a.device, dtype=torch.float32)[pos_a]
+        delta_b = second_diff.sparse[name].values.to(device=pos_b.device, dtype=torch.float32)[pos_b]
+        both = composed_values(a.original[pos_a], delta_a + delta_b)
+        tensors[name] = TensorOverlap(a.indices[pos_a], a.patched[pos_a], b.patched[pos_b], both)
+    return Overlap(tensors)
+
+
+def build_patch_plan(params: Params, diffs: Sequence[SparseDiff]) -> PatchPlan:
+    """Plan a composition of at most one language and one task diff against pristine ``params``."""
+    ordered = canonical_order(diffs)
+    layers = tuple(build_layer(params, d) for d in ordered)
+    overlap = build_overlap(layers[0], layers[1], ordered[0], ordered[1]) if len(layers) == 2 else None
+    return PatchPlan(layers, overlap)
+
+
+def _write(params: Params, name: str, indices: torch.Tensor, values: torch.Tensor) -> None:
+    params[name].detach().view(-1).index_copy_(0, indices, values)
 
 
 @torch.no_grad()
-def apply_plan(params: Mapping[str, torch.Tensor], plan: PatchPlan) -> None:
-    for name, p in plan.tensors.items():
-        params[name].view(-1).index_copy_(0, p.indices, p.patched)
+def switch(params: Params, current: PatchPlan | None, target: PatchPlan | None) -> None:
+    """Move ``params`` from composition ``current`` (None: pristine) to ``target``.
+
+    Layers are compared by identity (the patcher caches one layer object per diff), so a
+    layer in both compositions is left in place and only the changing ones are written.
+    """
+    cur = current.layers if current else ()
+    tgt = target.layers if target else ()
+    removed = [layer for layer in cur if not any(layer is t for t in tgt)]
+    added = [layer for layer in tgt if not any(layer is c for c in cur)]
+    if not removed and not added:
+        return
+    for layer in removed:
+        for name, t in layer.tensors.items():
+            _write(params, name, t.indices, t.original)
+    if removed and len(removed) < len(cur) and current.overlap is not None:
+        # One layer stays: restoring the other overwrote the entries they share.
+        kept_first = cur[0] is not removed[0]
+        for name, t in current.overlap.tensors.items():
+            _write(params, name, t.indices, t.first if kept_first else t.second)
+    for layer in added:
+        for name, t in layer.tensors.items():
+            _write(params, name, t.indices, t.patched)
+    if added and target.overlap is not None:
+        for name, t in target.overlap.tensors.items():
+            _write(params, name, t.indices, t.both)
 
 
-@torch.no_grad()
-def restore_plan(params: Mapping[str, torch.Tensor], plan: PatchPlan) -> None:
-    for name, p in plan.tensors.items():
-        params[name].view(-1).index_copy_(0, p.indices, p.original)
+def apply_plan(params: Params, plan: PatchPlan) -> None:
+    """Pristine -> ``plan``."""
+    switch(params, None, plan)
 
 
-def composed_state_dict(
-    params: Mapping[str, torch.Tensor], diffs: Sequence[SparseDiff]
-) -> dict[str, torch.Tensor]:
+def restore_plan(params: Params, plan: PatchPlan) -> None:
+    """``plan`` (or any partial application of it) -> pristine. Idempotent."""
+    switch(params, plan, None)
+
+
+def composed_state_dict(params: Params, diffs: Sequence[SparseDiff]) -> dict[str, torch.Tensor]:
     """Base parameters with the composition baked in (copies; ``params`` is untouched)."""
     out = {name: t.detach().clone() for name, t in params.items()}
-    plan = build_patch_plan(params, diffs)
-    apply_plan(out, plan)
+    apply_plan(out, build_patch_plan(out, diffs))
     return out
 
 
 def head_tensors(diffs: Sequence[SparseDiff]) -> dict[str, torch.Tensor]:
     """The dense head for a composition: the task diff's head when there is one, else the
     language diff's MLM head (a language head is never used under a task)."""
-    tasks = [d for d in diffs if d.meta.kind.value == "task"]
+    tasks = [d for d in diffs if d.meta.kind is DiffKind.TASK]
     if len(tasks) > 1:
         raise ValueError("a composition takes at most one task diff")
     source = tasks or [d for d in diffs if d.dense]

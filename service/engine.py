@@ -188,20 +188,14 @@ class Engine:
 
     # -- worker side -----------------------------------------------------------------------
 
-    def _load_diffs(self, comp: Composition):
-        diffs = []
-        for entry in (comp.language, comp.task):
-            if entry is not None:
-                data = self.registry.load_bytes(entry.id)
-                diffs.append(validate_diff_bytes(data, self.host.spec, max_bytes=len(data) + 1))
-        return diffs
+    def _load_diff(self, diff_id: str):
+        data = self.registry.load_bytes(diff_id)
+        return validate_diff_bytes(data, self.host.spec, max_bytes=len(data) + 1)
 
     def _head(self, comp: Composition) -> torch.nn.Module:
         model = self._heads.get(comp.head_id)
         if model is None:
-            entry = comp.task or comp.language
-            data = self.registry.load_bytes(entry.id)  # type: ignore[union-attr]
-            diff = validate_diff_bytes(data, self.host.spec, max_bytes=len(data) + 1)
+            diff = self._load_diff(comp.head_id)
             model = self.host.build_task_model(comp.task_type, diff.meta.labels, diff.dense)
             self._heads[comp.head_id] = model
             while len(self._heads) > 256:
@@ -215,7 +209,7 @@ class Engine:
         try:
             model = self._head(comp)
             switched = self.patcher.active != key
-            self.patcher.activate(key, lambda: self._load_diffs(comp))
+            self.patcher.activate(key, self._load_diff)
             if switched:
                 metrics.SWITCHES.inc()
             prepared = [p for job in jobs for p in job.payload[1]]

@@ -1,9 +1,14 @@
 """Switching the live encoder between compositions, exactly.
 
-The patcher owns "which composition is applied". ``activate(key)`` restores the current
-one (copying saved originals back) and applies the next (copying composed values in); when
-the key is already active nothing is written. Plans come from a byte-bounded LRU and are
-built on a miss, always against pristine weights. Only the scheduler's worker calls this.
+The patcher owns "which composition is applied". A composition is keyed by
+``(language diff id or None, task diff id or None)``. ``activate(key)`` moves the live
+weights there with :func:`diffs_store.compose.switch`, which writes only the layers that
+change: switching the language under the same task leaves the task's entries alone. When
+the key is already active nothing is written.
+
+Layers (one per diff) and overlaps (one per pair, small) come from a byte-bounded LRU.
+A layer is built from pristine weights, so on a cache miss the patcher first restores the
+base completely, builds, then applies. Only the scheduler's worker calls this.
 """
 
 from __future__ import annotations
@@ -15,47 +20,47 @@ from typing import Callable, Hashable
 
 import torch
 
-from diffs_store.compose import PatchPlan, apply_plan, build_patch_plan, restore_plan
+from diffs_store.compose import DiffLayer, Overlap, PatchPlan, build_layer, build_overlap, switch
 from diffs_store.format import SparseDiff
 from service import metrics
 
-PairKey = Hashable  # (language diff id or None, task diff id or None)
+PairKey = tuple  # (language diff id or None, task diff id or None)
 
 
 class PlanCache:
-    """LRU of patch plans bounded by their bytes (a single plan over budget is kept alone)."""
+    """LRU of layers and overlaps bounded by their bytes (the newest entry is always kept)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._plans: OrderedDict[PairKey, PatchPlan] = OrderedDict()
+        self._items: OrderedDict[Hashable, DiffLayer | Overlap] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes = 0
 
-    def get(self, key: PairKey) -> PatchPlan | None:
+    def get(self, key: Hashable):
         with self._lock:
-            plan = self._plans.get(key)
-            if plan is not None:
-                self._plans.move_to_end(key)
-            return plan
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
 
-    def put(self, key: PairKey, plan: PatchPlan) -> None:
-        """Insert and evict least recently used plans until within budget. Evicting the
-        applied plan is safe: the patcher keeps its own reference until it restores."""
+    def put(self, key: Hashable, item) -> None:
+        """Insert and evict least recently used entries until within budget. Evicting an
+        applied layer is safe: the patcher keeps its own reference until it switches away."""
         with self._lock:
-            if key in self._plans:
+            if key in self._items:
                 return
-            self._plans[key] = plan
-            self.bytes += plan.nbytes
-            while self.bytes > self.max_bytes and len(self._plans) > 1:
-                victim = next(iter(self._plans))  # oldest; never `key`, which is newest
-                self.bytes -= self._plans.pop(victim).nbytes
+            self._items[key] = item
+            self.bytes += item.nbytes
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                victim = next(iter(self._items))  # oldest; never `key`, which is newest
+                self.bytes -= self._items.pop(victim).nbytes
             metrics.PLAN_CACHE_BYTES.set(self.bytes)
 
-    def __contains__(self, key: PairKey) -> bool:
-        return key in self._plans
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
 
     def __len__(self) -> int:
-        return len(self._plans)
+        return len(self._items)
 
 
 class Patcher:
@@ -63,37 +68,52 @@ class Patcher:
         self.params = params
         self.cache = cache
         self.active: PairKey | None = None
-        self._active_plan: PatchPlan | None = None
+        self._plan: PatchPlan | None = None
+        # Every layer that may have been written since the base was last pristine: if a
+        # switch fails half-way, writing all their originals back still restores exactly.
+        self._touched: list[DiffLayer] = []
 
-    def activate(self, key: PairKey, load_diffs: Callable[[], list[SparseDiff]]) -> None:
-        """Make ``key``'s composition live. ``load_diffs`` is called only on a plan-cache miss."""
+    def activate(self, key: PairKey, load_diff: Callable[[str], SparseDiff]) -> None:
+        """Make ``key``'s composition live. ``load_diff(id)`` is called only on cache misses."""
         if key == self.active:
             return
-        self.restore()
-        plan = self.cache.get(key)
-        if plan is None:
-            metrics.PLAN_CACHE.labels("miss").inc()
-            plan = build_patch_plan(self.params, load_diffs())  # weights are pristine here
-            self.cache.put(key, plan)
-        else:
-            metrics.PLAN_CACHE.labels("hit").inc()
+        plan = self._plan_for(key, load_diff)
         start = time.perf_counter()
-        # Mark active before writing: if apply fails half-way, restore() still undoes it
-        # (copying originals over a partly applied plan is exact).
-        self.active, self._active_plan = key, plan
-        apply_plan(self.params, plan)
+        self._touched = list(self._plan.layers if self._plan else ()) + list(plan.layers)
+        switch(self.params, self._plan, plan)
         _sync(self.params)
+        self.active, self._plan, self._touched = key, plan, list(plan.layers)
         metrics.PATCH_SECONDS.labels("apply").observe(time.perf_counter() - start)
 
     def restore(self) -> None:
-        """Back to the pristine base (idempotent)."""
-        if self._active_plan is None:
+        """Back to the pristine base (idempotent, also after a failed switch)."""
+        if not self._touched:
             return
         start = time.perf_counter()
-        restore_plan(self.params, self._active_plan)
+        for layer in self._touched:
+            switch(self.params, PatchPlan((layer,)), None)
         _sync(self.params)
-        self.active, self._active_plan = None, None
+        self.active, self._plan, self._touched = None, None, []
         metrics.PATCH_SECONDS.labels("restore").observe(time.perf_counter() - start)
+
+    def _plan_for(self, key: PairKey, load_diff: Callable[[str], SparseDiff]) -> PatchPlan:
+        ids = [i for i in key if i is not None]
+        layers = [self.cache.get(i) for i in ids]
+        overlap = self.cache.get(key) if len(ids) == 2 else None
+        if all(layer is not None for layer in layers) and (len(ids) < 2 or overlap is not None):
+            metrics.PLAN_CACHE.labels("hit").inc()
+            return PatchPlan(tuple(layers), overlap)
+        metrics.PLAN_CACHE.labels("miss").inc()
+        diffs = {i: load_diff(i) for i in ids}
+        if any(layer is None for layer in layers):
+            self.restore()  # layers read theta0: build them on the pristine base
+            layers = [layer or build_layer(self.params, diffs[i]) for i, layer in zip(ids, layers)]
+            for i, layer in zip(ids, layers):
+                self.cache.put(i, layer)
+        if len(ids) == 2:
+            overlap = build_overlap(layers[0], layers[1], diffs[ids[0]], diffs[ids[1]])
+            self.cache.put(key, overlap)
+        return PatchPlan(tuple(layers), overlap)
 
 
 def _sync(params: dict[str, torch.Tensor]) -> None:
