@@ -4,10 +4,11 @@ Why a single worker: the live encoder holds exactly one composition at a time, s
 patches must also be the only one running forwards (the PEFT #804 class of bug is two
 requests sharing global adapter state). Requests wait in per-pair FIFO queues.
 
-Choosing the next pair: stay on the applied pair while it has work, unless some request of
-another pair has waited longer than ``switch_after`` seconds; otherwise take the pair whose
-head request is oldest. So switches are few under load and no request starves: the oldest
-request is served within ``switch_after`` plus one batch.
+Choosing the next pair: stay on the applied pair while it has work, unless a request of
+another pair has waited longer than ``switch_after`` seconds; then take the other pair whose
+head request is oldest. Switches stay few under load and no pair starves, even when the
+applied pair's own backlog keeps growing: a waiting pair is served within ``switch_after``
+plus one batch, and under overload the pairs take turns.
 
 Forming a batch: take queued jobs of that pair up to ``max_batch_size`` inputs, waiting up
 to ``max_wait`` seconds after the first job's arrival for more to come.
@@ -84,11 +85,16 @@ class Scheduler:
     # -- worker side ------------------------------------------------------------------------
 
     def _pick_key(self, now: float) -> Hashable:
-        oldest = min(self._queues, key=lambda k: self._queues[k][0].enqueued)
+        """The applied pair while it has work and nobody else waited ``switch_after``;
+        otherwise the other pair whose head request is oldest."""
         active = self._active_key()
-        if active in self._queues and now - self._queues[oldest][0].enqueued < self.switch_after:
+        others = [k for k in self._queues if k != active]
+        if not others:
             return active
-        return oldest
+        oldest_other = min(others, key=lambda k: self._queues[k][0].enqueued)
+        if active in self._queues and now - self._queues[oldest_other][0].enqueued < self.switch_after:
+            return active
+        return oldest_other
 
     def _take_batch(self) -> tuple[Hashable, list[Job]] | None:
         with self._cond:
