@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from transformers import AutoModel, BertConfig, PreTrainedModel, XLMRobertaConfig
 
@@ -80,3 +82,12 @@ def random_diff(
         sparse=sparse,
         dense=dense,
     )
+
+
+def state_sha(params) -> str:
+    """sha256 over names and raw bytes: equal only for bit-identical weights."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

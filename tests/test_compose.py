@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 import torch
@@ -11,15 +10,9 @@ from diffs_store.base import base_params
 from diffs_store.compose import apply_plan, build_patch_plan, composed_state_dict, restore_plan
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import DiffKind, TaskType
-from factories import random_diff, tiny_base
+from factories import random_diff, tiny_base, state_sha
 
 
-def state_sha(params) -> str:
-    h = hashlib.sha256()
-    for name in sorted(params):
-        h.update(name.encode())
-        h.update(params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
 import torch
 
 from diffs_store.format import parse_diff
+from factories import state_sha
 from service.model_host import ModelHost
 from service.patcher import Patcher, PlanCache
 
 
-def state_sha(params) -> str:
-    h = hashlib.sha256()
-    for name in sorted(params):
-        h.update(name.encode())
-        h.update(params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])

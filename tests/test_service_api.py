@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from diffs_store.base import load_base_model
 from diffs_store.metadata import DiffKind
-from factories import random_diff, tiny_base
+from factories import random_diff, tiny_base, state_sha
 from service.app import create_app
 from service.config import Settings
 
@@ -19,11 +18,6 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def state_sha(params) -> str:
-    h = hashlib.sha256()
-    for name in sorted(params):
-        h.update(params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def upload(client, data: bytes, headers=AUTH):
