@@ -105,6 +105,47 @@ def import_cmd(
     typer.echo(f"wrote {out} ({diff.nnz} entries, id {diff_id})")
 
 
+def push_diff(path: Path, url: str, token: Optional[str]) -> dict:
+    """POST a diff file to a running service's admin API (multipart ``file``, bearer token).
+
+    The service validates it against its loaded base before storing and publishing it, so
+    a refused push changes nothing there.
+    """
+    import httpx
+
+    if not token:
+        fail("pushing needs --token (or CSFT_ADMIN_TOKEN)", 2)
+    data = _read(path)
+    try:
+        resp = httpx.post(
+            url.rstrip("/") + "/v1/admin/diffs",
+            files={"file": (path.name, data, "application/octet-stream")},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=600,
+        )
+    except httpx.HTTPError as exc:
+        fail(f"push to {url} failed: {exc}")
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        fail(f"push refused ({resp.status_code}): {str(detail).splitlines()[0] if detail else ''}")
+    body = resp.json()
+    typer.echo(f"pushed {path} to {url}: {body.get('kind')} {body.get('key')!r} version {body.get('version')}, id {body.get('id')}")
+    return body
+
+
+@diff_app.command("push")
+def push_cmd(
+    file: Path,
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The running service."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="CSFT_ADMIN_TOKEN", help="Admin bearer token."),
+) -> None:
+    """Upload a diff to a running service; it serves it from the next request on."""
+    push_diff(file, url, token)
+
+
 def merge_cmd(
     base: str = typer.Option(..., "--base", help="Base model: Hugging Face name or local directory."),
     language_diff: Optional[Path] = typer.Option(None, "--language-diff"),

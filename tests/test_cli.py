@@ -93,3 +93,24 @@ def test_merge_writes_a_loadable_model_with_the_pair_baked_in(files, tiny_base_d
 def test_merge_refuses_swapped_kinds(files, tiny_base_dir, tmp_path):
     res = runner.invoke(app, ["merge", "--base", str(tiny_base_dir), "--language-diff", str(files["ner"]), "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "task diff" in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_push_uploads_to_a_running_app_and_reports_refusals(files, tiny_base_dir, tmp_path, monkeypatch):
+    """`csft diff push` against the real app (httpx routed into the ASGI app, real Redis)."""
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", admin_token="tok", device="cpu")
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.setattr(httpx, "post", lambda url, timeout=None, **kw: client.post(url.replace("http://svc", ""), **kw))
+        res = runner.invoke(app, ["diff", "push", str(files["hau"]), "--url", "http://svc", "--token", "tok"])
+        assert res.exit_code == 0, res.output
+        assert "version 1" in res.stdout
+        assert client.get("/v1/languages").json()["languages"] == ["hau"]
+        res = runner.invoke(app, ["diff", "push", str(files["swa"]), "--url", "http://svc", "--token", "bad"])
+        assert res.exit_code == 1 and "403" in res.stderr
+        res = runner.invoke(app, ["diff", "push", str(files["swa"]), "--url", "http://svc"], env={"CSFT_ADMIN_TOKEN": ""})
+        assert res.exit_code == 2
