@@ -147,16 +147,27 @@ def build_patch_plan(params: Params, diffs: Sequence[SparseDiff]) -> PatchPlan:
     return PatchPlan(layers, overlap)
 
 
-def _write(params: Params, name: str, indices: torch.Tensor, values: torch.Tensor) -> None:
-    params[name].detach().view(-1).index_copy_(0, indices, values)
+# Restoring more than this fraction of a tensor's entries one by one costs more than copying
+# the whole tensor back from a pristine copy (index_copy_ ~9 ns/entry vs copy_ ~0.7 ns/element
+# on a 2-core CPU at 12% density; see docs/BENCHMARKS.md).
+DENSE_RESTORE_FRACTION = 0.04
 
 
 @torch.no_grad()
-def switch(params: Params, current: PatchPlan | None, target: PatchPlan | None) -> None:
+def switch(
+    params: Params,
+    current: PatchPlan | None,
+    target: PatchPlan | None,
+    pristine: Params | None = None,
+    dense_fraction: float = DENSE_RESTORE_FRACTION,
+) -> None:
     """Move ``params`` from composition ``current`` (None: pristine) to ``target``.
 
     Layers are compared by identity (the patcher caches one layer object per diff), so a
     layer in both compositions is left in place and only the changing ones are written.
+    With ``pristine`` (an untouched copy of the base), a tensor that would need many entries
+    restored is copied back whole instead and the target written afresh: same bytes, fewer
+    random writes when diffs are dense.
     """
     cur = current.layers if current else ()
     tgt = target.layers if target else ()
@@ -164,20 +175,32 @@ def switch(params: Params, current: PatchPlan | None, target: PatchPlan | None) 
     added = [layer for layer in tgt if not any(layer is c for c in cur)]
     if not removed and not added:
         return
-    for layer in removed:
-        for name, t in layer.tensors.items():
-            _write(params, name, t.indices, t.original)
-    if removed and len(removed) < len(cur) and current.overlap is not None:
-        # One layer stays: restoring the other overwrote the entries they share.
+    kept_first = None  # set when one of two layers stays: is it the first (language) one?
+    if removed and len(removed) < len(cur):
         kept_first = cur[0] is not removed[0]
-        for name, t in current.overlap.tensors.items():
-            _write(params, name, t.indices, t.first if kept_first else t.second)
-    for layer in added:
-        for name, t in layer.tensors.items():
-            _write(params, name, t.indices, t.patched)
-    if added and target.overlap is not None:
-        for name, t in target.overlap.tensors.items():
-            _write(params, name, t.indices, t.both)
+    names = {name for layer in removed + added for name in layer.tensors}
+    for name in names:
+        flat = params[name].detach().view(-1)
+        restore = [layer.tensors[name] for layer in removed if name in layer.tensors]
+        n_restore = sum(t.indices.numel() for t in restore)
+        if pristine is not None and n_restore > dense_fraction * flat.numel():
+            flat.copy_(pristine[name].detach().view(-1))
+            to_apply, overlap = tgt, target.overlap if target else None
+        else:
+            for t in restore:
+                flat.index_copy_(0, t.indices, t.original)
+            if kept_first is not None and current.overlap is not None and name in current.overlap.tensors:
+                # One layer stays: restoring the other overwrote the entries they share.
+                o = current.overlap.tensors[name]
+                flat.index_copy_(0, o.indices, o.first if kept_first else o.second)
+            to_apply, overlap = added, target.overlap if added and target else None
+        for layer in to_apply:
+            if name in layer.tensors:
+                t = layer.tensors[name]
+                flat.index_copy_(0, t.indices, t.patched)
+        if overlap is not None and name in overlap.tensors:
+            o = overlap.tensors[name]
+            flat.index_copy_(0, o.indices, o.both)
 
 
 def apply_plan(params: Params, plan: PatchPlan) -> None:

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more inputs of its pair.")
     switch_after_ms: float = Field(50.0, ge=0, description="Stay on the applied pair unless another request waited longer.")
+    pristine_copy: bool = Field(
+        True, description="Keep an untouched copy of the base (one model's memory) so dense diffs restore by whole-tensor copies."
+    )
     plan_cache_bytes: int = Field(2 * 1024**3, ge=0, description="Byte budget of cached patch plans.")
     max_inputs: int = Field(64, ge=1, description="Most inputs per /v1/predict request.")
     max_input_chars: int = Field(20_000, ge=1, description="Longest text (characters) per input.")

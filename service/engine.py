@@ -84,7 +84,8 @@ class Engine:
         self.host = host
         self.registry = registry
         self.plans = PlanCache(settings.plan_cache_bytes)
-        self.patcher = Patcher(host.params, self.plans)
+        pristine = {k: v.detach().clone() for k, v in host.params.items()} if settings.pristine_copy else None
+        self.patcher = Patcher(host.params, self.plans, pristine)
         self.scheduler = Scheduler(
             self._execute,
             lambda: self.patcher.active,

@@ -64,9 +64,13 @@ class PlanCache:
 
 
 class Patcher:
-    def __init__(self, params: dict[str, torch.Tensor], cache: PlanCache) -> None:
+    def __init__(
+        self, params: dict[str, torch.Tensor], cache: PlanCache, pristine: dict[str, torch.Tensor] | None = None
+    ) -> None:
         self.params = params
         self.cache = cache
+        # Optional untouched copy of the base: dense diffs restore by whole-tensor copies.
+        self.pristine = pristine
         self.active: PairKey | None = None
         self._plan: PatchPlan | None = None
         # Every layer that may have been written since the base was last pristine: if a
@@ -80,7 +84,7 @@ class Patcher:
         plan = self._plan_for(key, load_diff)
         start = time.perf_counter()
         self._touched = list(self._plan.layers if self._plan else ()) + list(plan.layers)
-        switch(self.params, self._plan, plan)
+        switch(self.params, self._plan, plan, self.pristine)
         _sync(self.params)
         self.active, self._plan, self._touched = key, plan, list(plan.layers)
         metrics.PATCH_SECONDS.labels("apply").observe(time.perf_counter() - start)

@@ -16,7 +16,8 @@ from service.patcher import Patcher, PlanCache
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_10k_random_switches_leave_the_base_bit_identical(tiny_base_dir, tiny_diffs, dtype):
+@pytest.mark.parametrize("pristine_copy", [False, True], ids=["sparse-restore", "dense-restore"])
+def test_10k_random_switches_leave_the_base_bit_identical(tiny_base_dir, tiny_diffs, dtype, pristine_copy):
     host = ModelHost(str(tiny_base_dir), "cpu", dtype)
     assert next(iter(host.params.values())).dtype == getattr(torch, dtype)
     pristine = state_sha(host.params)
@@ -26,10 +27,11 @@ def test_10k_random_switches_leave_the_base_bit_identical(tiny_base_dir, tiny_di
     pairs = [(l, t) for l in langs for t in tasks] + [(l, None) for l in langs] + [(None, t) for t in tasks]
     # A small cache forces evictions and rebuilds along the way.
     cache = PlanCache(max_bytes=6 * 200_000)
-    patcher = Patcher(host.params, cache)
+    copy = {k: v.clone() for k, v in host.params.items()} if pristine_copy else None
+    patcher = Patcher(host.params, cache, copy)
     rng = random.Random(0)
     patched = {}
-    for _ in range(10_000):
+    for _ in range(10_000 if not pristine_copy else 3_000):
         pair = rng.choice(pairs)
         patcher.activate(pair, diffs.__getitem__)
         if pair not in patched and len(patched) < 8:  # a sample: hashing every step would dominate
