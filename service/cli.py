@@ -7,9 +7,12 @@ from typing import Optional
 import typer
 
 from diffs_store.cli import diff_app, merge_cmd
+from trainer.cli import eval_cmd, train_app
 
 app = typer.Typer(help="Composable sparse fine-tunings: diffs, merge, serving.", no_args_is_help=True)
 app.add_typer(diff_app, name="diff")
+app.add_typer(train_app, name="train")
+app.command("eval")(eval_cmd)
 
 
 @app.callback()

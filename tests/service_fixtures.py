@@ -33,7 +33,7 @@ def make_base_dir(root: Path, dtype: torch.dtype = torch.float32, seed: int = 0)
     root.mkdir(parents=True, exist_ok=True)
     vocab = root / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL + WORDS) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)  # transformers 5 ignores vocab_file=
     torch.manual_seed(seed)
     model = AutoModel.from_config(tiny_bert_config(vocab_size=len(SPECIAL) + len(WORDS)))
     model.to(dtype).save_pretrained(root)

@@ -1,0 +1,142 @@
+"""Evaluation of compositions: base + language diff + task diff, built by the service's code.
+
+The model under test comes from :func:`diffs_store.merge.build_composed_model`, i.e. the
+same composition math (``diffs_store.compose``) the service patches with, so a score here
+is the score the service would get. Metrics: seqeval entity F1 for BIO-tagged data (NER),
+accuracy for other tags (POS) and classification, SQuAD EM/F1 for QA.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from diffs_store.base import load_base_model, load_tokenizer
+from diffs_store.format import SparseDiff
+from diffs_store.merge import build_composed_model
+from diffs_store.metadata import TaskType
+from diffs_store.validate import validate_diff_bytes
+from trainer.data.classification import ClassificationExample
+from trainer.data.conll import TaggedSentence
+
+log = logging.getLogger(__name__)
+
+
+def usable_length(model: PreTrainedModel, max_len: int) -> int:
+    """``max_len`` capped to the positions the model has (RoBERTa-style models offset
+    positions by ``pad_token_id + 1``)."""
+    cfg = model.config
+    limit = getattr(cfg, "max_position_embeddings", max_len)
+    if cfg.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (cfg.pad_token_id or 0) + 1
+    return min(max_len, limit)
+
+
+@torch.no_grad()
+def predict_tags(
+    model: PreTrainedModel, tokenizer, sentences: Sequence[TaggedSentence], *, batch_size: int = 32,
+    max_len: int = 512, device: str = "cpu",
+) -> list[list[str]]:
+    """One tag per word, read from its first sub-word (as the service does). Words cut off
+    by ``max_len`` get ``O``. Batches are length-sorted for speed; output keeps input order."""
+    model.eval().to(device)
+    max_len = usable_length(model, max_len)
+    id2label = model.config.id2label
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i].words))
+    out: list[list[str]] = [[] for _ in sentences]
+    for b in range(0, len(order), batch_size):
+        ids = order[b : b + batch_size]
+        enc = tokenizer(
+            [list(sentences[i].words) for i in ids], is_split_into_words=True, truncation=True,
+            max_length=max_len, padding=True, return_tensors="pt",
+        )
+        logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+        pred = logits.argmax(-1).cpu()
+        for row, i in enumerate(ids):
+            tags = ["O"] * len(sentences[i].words)
+            previous = None
+            for pos, w in enumerate(enc.word_ids(row)):
+                if w is not None and w != previous:
+                    tags[w] = id2label[int(pred[row, pos])]
+                previous = w
+            out[i] = tags
+    return out
+
+
+def is_bio(tags: Sequence[str]) -> bool:
+    return any(t[:2] in ("B-", "I-") for t in tags)
+
+
+def tagging_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Word accuracy always; seqeval (default, conlleval-style) entity P/R/F1 for BIO tags."""
+    n = sum(len(g) for g in gold)
+    correct = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
+    scores = {"accuracy": correct / max(n, 1)}
+    if is_bio([t for g in gold for t in g]):
+        from seqeval.metrics import f1_score, precision_score, recall_score
+
+        gold_l, pred_l = [list(g) for g in gold], [list(p) for p in pred]
+        scores.update(
+            precision=precision_score(gold_l, pred_l, zero_division=0),
+            recall=recall_score(gold_l, pred_l, zero_division=0),
+            f1=f1_score(gold_l, pred_l, zero_division=0),
+        )
+    return {k: float(v) for k, v in scores.items()}
+
+
+@torch.no_grad()
+def predict_classes(
+    model: PreTrainedModel, tokenizer, examples: Sequence[ClassificationExample], *, batch_size: int = 32,
+    max_len: int = 512, device: str = "cpu",
+) -> list[str]:
+    model.eval().to(device)
+    max_len = usable_length(model, max_len)
+    out = []
+    for b in range(0, len(examples), batch_size):
+        chunk = examples[b : b + batch_size]
+        pairs = [e.text_pair for e in chunk]
+        enc = tokenizer(
+            [e.text for e in chunk], pairs if any(p is not None for p in pairs) else None,
+            truncation=True, max_length=max_len, padding=True, return_tensors="pt",
+        )
+        logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+        out += [model.config.id2label[int(i)] for i in logits.argmax(-1).cpu()]
+    return out
+
+
+def evaluate_model(model: PreTrainedModel, tokenizer, task_type: TaskType, data: Sequence, **kw) -> dict[str, float]:
+    """Score ``model`` on labelled ``data`` (examples of the task type's reader)."""
+    if task_type is TaskType.TOKEN_CLASSIFICATION:
+        return tagging_scores([s.tags for s in data], predict_tags(model, tokenizer, data, **kw))
+    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
+        pred = predict_classes(model, tokenizer, data, **kw)
+        return {"accuracy": sum(p == e.label for p, e in zip(pred, data)) / max(len(data), 1)}
+    if task_type is TaskType.QUESTION_ANSWERING:
+        from trainer.data.squad import qa_predict, squad_scores
+
+        return squad_scores(list(data), qa_predict(model, tokenizer, list(data), **kw))
+    raise ValueError(f"no evaluation for task type {task_type.value}")
+
+
+def load_diffs(paths: Sequence[str | Path], spec) -> list[SparseDiff]:
+    """Read and fully validate diff files against the base (the service's gate)."""
+    return [validate_diff_bytes(Path(p).read_bytes(), spec) for p in paths]
+
+
+def evaluate_composition(
+    base_name: str, diff_paths: Sequence[str | Path], data: Sequence, *, base=None, spec=None, tokenizer=None, **kw
+) -> dict[str, float]:
+    """Compose base + diffs with the service's code and score the result on ``data``."""
+    if base is None or spec is None:
+        base, spec = load_base_model(base_name)
+    tokenizer = tokenizer or load_tokenizer(base_name)
+    diffs = load_diffs(diff_paths, spec)
+    model = build_composed_model(base, spec, diffs)
+    task = next((d.meta.task_type for d in diffs if d.meta.kind.value == "task"), None)
+    if task is None:
+        raise ValueError("evaluation needs a task diff")
+    return evaluate_model(model, tokenizer, task, data, **kw)

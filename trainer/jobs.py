@@ -1,0 +1,355 @@
+"""Jobs: a language diff (MLM on raw text), a task diff (one or several source languages),
+and the dense full fine-tuning baseline. Each returns the diff, written in our format with
+full metadata, and the trained model (for evaluation and tests).
+
+* Language diff: masked LM on raw lines. The MLM decoder is untied from the input
+  embeddings and frozen (reference ``--freeze_decoder``); a base without an MLM head gets a
+  fresh one, trained densely. The dense part carries the whole MLM head *including* the
+  frozen decoder and its bias, so fill-mask on base + diff reproduces the trained model
+  (``store_decoder=False`` drops the vocab x hidden decoder to save space; fill-mask then
+  ties it to the patched input embeddings, an approximation).
+* Task diff, one source: the source-language diff is applied to theta0 first (through
+  ``diffs_store.compose``), so theta_ref = theta0 + language diff and the stored diff is
+  relative to it, as in the reference. Only its sparse part is applied: its MLM head plays
+  no role under a task head.
+* Task diff, several sources: theta_ref = theta0; each batch's language diff is applied
+  for its forward/backward and removed before the optimizer step
+  (:mod:`trainer.multisource`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import transformers
+from transformers import PreTrainedModel
+
+from diffs_store.base import BaseSpec, base_params, load_base_model, load_tokenizer
+from diffs_store.compose import apply_plan, build_patch_plan
+from diffs_store.format import SparseDiff
+from diffs_store.metadata import DiffKind, DiffMetadata, TaskType
+from diffs_store.validate import check_against_base
+from trainer import lt_sft
+from trainer.data.classification import class_labels
+from trainer.data.conll import label_list
+from trainer.data.encode import SourceCollator, collator_for, encode_classification, encode_lines, encode_tagged
+from trainer.evaluate import evaluate_model
+from trainer.hf import SOURCE_KEY, LtSftTrainer, run_full_finetune, run_lt_sft, training_arguments
+from trainer.models import build_model, mlm_loss, untie_and_freeze_decoder
+from trainer.multisource import LanguageSwitch, SourceBatchSampler, sparse_part_for
+from trainer.recipe import Recipe, resolve_k
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Base:
+    """The base model, its identity and tokenizer, loaded once per process."""
+
+    name: str
+    model: PreTrainedModel
+    spec: BaseSpec
+    tokenizer: Any
+
+    @classmethod
+    def load(cls, name: str) -> "Base":
+        model, spec = load_base_model(name)
+        return cls(name, model, spec, load_tokenizer(name))
+
+
+@dataclass
+class Source:
+    """One source language's training data and (optionally) its language diff."""
+
+    language: str | None
+    examples: Sequence
+    diff: SparseDiff | None = None
+    diff_id: str | None = None
+    dev: Sequence | None = None
+
+
+@dataclass
+class JobResult:
+    diff: SparseDiff
+    model: PreTrainedModel
+    trainer: LtSftTrainer
+    diff_id: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def file_info(path: str | Path) -> dict[str, Any]:
+    """What the metadata records about a data file: name, size, sha256."""
+    data = Path(path).read_bytes()
+    return {"path": str(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _environment() -> dict[str, str]:
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _prepare(model: PreTrainedModel, recipe: Recipe) -> list[str]:
+    if recipe.freeze_layer_norm:
+        lt_sft.freeze_layer_norms(model)
+    return list(lt_sft.maskable_parameters(model, include_layer_norm=not recipe.freeze_layer_norm))
+
+
+def _n_maskable(model: PreTrainedModel, names: list[str]) -> int:
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in names)
+
+
+def _recipe_record(recipe: Recipe, k: int, n_maskable: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "method": "lt-sft",
+        **recipe.to_dict(),
+        "k_resolved": k,
+        "n_maskable": n_maskable,
+        "tie_rule": "exactly K: all above the K-th largest |delta|, ties by parameter order then flat index",
+        "environment": _environment(),
+        **extra,
+    }
+
+
+def _save(diff: SparseDiff, output: str | Path | None) -> str | None:
+    if output is None:
+        return None
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    return diff.save(output)
+
+
+# -- language diffs ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def mlm_dev_loss(model: PreTrainedModel, tokenizer, features: list[dict], recipe: Recipe, batch_size: int = 32) -> dict:
+    """Mean masked-LM loss (and perplexity) on dev lines, masks drawn with a fixed seed so
+    numbers are comparable across runs."""
+    collate = collator_for(TaskType.FILL_MASK, tokenizer, mlm_probability=recipe.mlm_probability, seed=recipe.seed)
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for b in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in collate(features[b : b + batch_size]).items()}
+        n = int((batch["labels"] != -100).sum())
+        if n:
+            total += float(mlm_loss(model, batch)) * n
+            count += n
+    model.train()
+    loss = total / max(count, 1)
+    return {"mlm_loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2), "masked_tokens": count}
+
+
+def train_language_diff(
+    base: Base,
+    language: str,
+    lines: Sequence[str],
+    *,
+    recipe: Recipe,
+    out_dir: str | Path,
+    dev_lines: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    store_decoder: bool = True,
+    data: dict[str, Any] | None = None,
+) -> JobResult:
+    """LT-SFT masked language modelling on ``lines`` of one language -> a language diff."""
+    started = time.time()
+    model, fresh = build_model(base.model, base.spec, TaskType.FILL_MASK, seed=recipe.seed)
+    untie_and_freeze_decoder(model)
+    maskable = _prepare(model, recipe)
+    n_maskable = _n_maskable(model, maskable)
+    k = resolve_k(recipe.k, n_maskable, kind="language", hidden_size=base.spec.config.hidden_size)
+    features = encode_lines(base.tokenizer, lines, recipe.max_seq_len)
+    out = Path(out_dir)
+    trainer = LtSftTrainer(
+        model=model,
+        args=training_arguments(recipe, out),
+        train_dataset=features,
+        data_collator=collator_for(TaskType.FILL_MASK, base.tokenizer, mlm_probability=recipe.mlm_probability),
+        recipe=recipe,
+        maskable=maskable,
+        loss_fn=mlm_loss,
+    )
+    result = run_lt_sft(trainer, recipe, k, out, len(features))
+    metrics: dict[str, Any] = {"train": {**result.phases, "examples": len(features), "seconds": round(time.time() - started, 1)}}
+    if dev_lines:
+        metrics["dev"] = mlm_dev_loss(model, base.tokenizer, encode_lines(base.tokenizer, dev_lines, recipe.max_seq_len), recipe)
+    meta = DiffMetadata(
+        kind=DiffKind.LANGUAGE, language=language, task_type=TaskType.FILL_MASK,
+        base_model=base.spec.name, base_fingerprint=base.spec.fingerprint, nnz=0,
+        recipe=_recipe_record(
+            recipe, k, n_maskable, objective="masked-lm", mlm_head="fresh" if fresh else "pretrained",
+            decoder="untied from input embeddings, frozen" + ("" if store_decoder else ", not stored"),
+            data=data or {"train_lines": len(lines)},
+        ),
+        metrics=metrics,
+    )
+    prefix = model.base_model_prefix + "."
+    heads = [n for n in model.state_dict() if not n.startswith(prefix)]
+    if not store_decoder:
+        heads = [n for n in heads if not n.endswith("decoder.weight")]
+    diff = lt_sft.extract_diff(model, trainer.reference, result.masks, meta, head_names=heads)
+    return JobResult(diff, model, trainer, _save(diff, output), metrics)
+
+
+# -- task diffs --------------------------------------------------------------------------
+
+
+def task_labels(task_type: TaskType, examples: Sequence) -> tuple[str, ...]:
+    if task_type is TaskType.TOKEN_CLASSIFICATION:
+        return label_list(list(examples))
+    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
+        return class_labels(list(examples))
+    return ()
+
+
+def encode_task(task_type: TaskType, tokenizer, examples: Sequence, labels: tuple[str, ...], max_len: int) -> list[dict]:
+    label2id = {label: i for i, label in enumerate(labels)}
+    if task_type is TaskType.TOKEN_CLASSIFICATION:
+        return encode_tagged(tokenizer, examples, label2id, max_len)
+    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
+        return encode_classification(tokenizer, examples, label2id, max_len)
+    if task_type is TaskType.QUESTION_ANSWERING:
+        from trainer.data.squad import qa_train_features
+
+        return qa_train_features(tokenizer, list(examples), max_len)
+    raise ValueError(f"{task_type.value} is not a task for a task diff")
+
+
+def _task_setup(base: Base, task_type: TaskType, sources: Sequence[Source], labels, recipe: Recipe):
+    if not sources:
+        raise ValueError("a task job needs at least one source")
+    if len(sources) > 1 and len({s.language for s in sources}) != len(sources):
+        raise ValueError("multi-source training needs one distinct language per source")
+    labels = tuple(labels) if labels else task_labels(task_type, [e for s in sources for e in s.examples])
+    model, _ = build_model(base.model, base.spec, task_type, labels, seed=recipe.seed)
+    for s in sources:
+        if s.diff is not None:
+            if s.diff.meta.kind is not DiffKind.LANGUAGE:
+                raise ValueError(f"source {s.language!r}: a {s.diff.meta.kind.value} diff is not a language diff")
+            check_against_base(s.diff, base.spec)
+    return labels, model
+
+
+def _task_dataset(base: Base, task_type, sources, labels, recipe, multi: bool):
+    features, tags = [], []
+    for s in sources:
+        feats = encode_task(task_type, base.tokenizer, s.examples, labels, recipe.max_seq_len)
+        if multi:
+            feats = [{**f, SOURCE_KEY: s.language} for f in feats]
+        features += feats
+        tags += [s.language] * len(feats)
+    return features, tags
+
+
+def train_task_diff(
+    base: Base,
+    task: str,
+    task_type: TaskType,
+    sources: Sequence[Source],
+    *,
+    recipe: Recipe,
+    out_dir: str | Path,
+    labels: Sequence[str] | None = None,
+    output: str | Path | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobResult:
+    """LT-SFT on labelled data from one or more source languages -> a task diff."""
+    started = time.time()
+    labels, model = _task_setup(base, task_type, sources, labels, recipe)
+    multi = len(sources) > 1
+    params = base_params(model)
+    if not multi and sources[0].diff is not None:
+        source_diff = sparse_part_for(sources[0].diff, params)
+        apply_plan(params, build_patch_plan(params, [source_diff]))  # theta_ref = theta0 + lang
+    maskable = _prepare(model, recipe)
+    n_maskable = _n_maskable(model, maskable)
+    k = resolve_k(recipe.k, n_maskable, kind="task", hidden_size=base.spec.config.hidden_size)
+    features, tags = _task_dataset(base, task_type, sources, labels, recipe, multi)
+    collate = collator_for(task_type, base.tokenizer)
+    extra: dict[str, Any] = {}
+    if multi:
+        switch = LanguageSwitch(params, {s.language: s.diff for s in sources})
+        extra = dict(
+            source_switch=switch,
+            batch_sampler=SourceBatchSampler(tags, recipe.batch_size, recipe.seed),
+            data_collator=SourceCollator(collate),
+        )
+    out = Path(out_dir)
+    trainer = LtSftTrainer(
+        model=model,
+        args=training_arguments(recipe, out),
+        train_dataset=features,
+        data_collator=extra.pop("data_collator", collate),
+        recipe=recipe,
+        maskable=maskable,
+        **extra,
+    )
+    result = run_lt_sft(trainer, recipe, k, out, len(features))
+    metrics: dict[str, Any] = {"train": {**result.phases, "examples": len(features), "seconds": round(time.time() - started, 1)}}
+    dev = _dev_metrics(model, base, task_type, sources, params)
+    if dev:
+        metrics["dev"] = dev
+    source_record = [
+        {"language": s.language, "language_diff": s.diff_id, "examples": len(s.examples)} for s in sources
+    ]
+    meta = DiffMetadata(
+        kind=DiffKind.TASK, task=task, task_type=task_type, labels=labels,
+        language=sources[0].language if not multi else None,
+        base_model=base.spec.name, base_fingerprint=base.spec.fingerprint, nnz=0,
+        recipe=_recipe_record(
+            recipe, k, n_maskable, objective=task_type.value, sources=source_record,
+            relative_to="theta0 + source-language diff" if not multi and sources[0].diff is not None else "theta0",
+            multi_source=multi, data=data or {},
+        ),
+        metrics=metrics,
+    )
+    diff = lt_sft.extract_diff(model, trainer.reference, result.masks, meta)
+    return JobResult(diff, model, trainer, _save(diff, output), metrics)
+
+
+def _dev_metrics(model, base: Base, task_type, sources: Sequence[Source], params) -> dict[str, Any]:
+    """Dev scores of the trained model as trained: single-source with its language diff
+    still applied; multi-source with each source's diff applied for its own dev set."""
+    out: dict[str, Any] = {}
+    multi = len(sources) > 1
+    for s in sources:
+        if not s.dev:
+            continue
+        undo = None
+        if multi and s.diff is not None:
+            undo = LanguageSwitch(params, {s.language: s.diff})(s.language)
+        try:
+            out[s.language or "dev"] = evaluate_model(model, base.tokenizer, task_type, s.dev)
+        finally:
+            if undo:
+                undo()
+    model.train()
+    return out
+
+
+def train_full_model(
+    base: Base, task_type: TaskType, examples: Sequence, *, recipe: Recipe, out_dir: str | Path,
+    labels: Sequence[str] | None = None,
+) -> tuple[PreTrainedModel, dict]:
+    """The dense baseline: fine-tune every parameter (LayerNorm per the recipe) for the
+    recipe's *phase-1* length. No diff is written; returns the model and its metrics."""
+    started = time.time()
+    src = Source(None, examples)
+    labels, model = _task_setup(base, task_type, [src], labels, recipe)
+    maskable = _prepare(model, recipe)
+    features, _ = _task_dataset(base, task_type, [src], labels, recipe, False)
+    trainer = LtSftTrainer(
+        model=model, args=training_arguments(recipe, Path(out_dir)), train_dataset=features,
+        data_collator=collator_for(task_type, base.tokenizer), recipe=recipe, maskable=maskable,
+    )
+    metrics = run_full_finetune(trainer, recipe, Path(out_dir), len(features))
+    metrics["seconds"] = round(time.time() - started, 1)
+    return model.eval(), metrics

@@ -1,0 +1,200 @@
+"""LT-SFT core: which entries may move, which K of them do, and the diff they leave.
+
+Pure tensor code, no training loop (that is :mod:`trainer.hf`), so each rule is testable
+on its own:
+
+* :func:`maskable_parameters`: the base encoder's trainable tensors (embeddings included),
+  LayerNorm excluded unless asked. Heads are *not* maskable: they train densely.
+* :func:`select_mask`: one **global** top-K over |theta1 - theta0| across all maskable
+  tensors (not per tensor).
+* :func:`mask_gradients`, :func:`reimpose_frozen`: the phase-2 mechanics (on the
+  selected entries' flat indices, :func:`selected_indices`).
+* :func:`add_l1_gradient`: the reference's optional L1 pull towards theta0.
+* :func:`extract_diff`: theta_final - theta_ref at the selected entries, heads dense.
+
+Tie rule (differs from the reference, on purpose): the reference takes the K-th largest
+|delta| as a threshold and keeps *every* entry ``>=`` it, so ties can select more than K.
+Here exactly K are selected: every entry strictly above the threshold, then entries equal
+to it in a fixed order (parameter order of the model, then flat row-major index) until K.
+Ties are common only at 0 (entries phase 1 never moved, e.g. unseen vocabulary rows when
+K exceeds the number of moved entries); the reference would then select *everything*.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from diffs_store.format import SparseDiff, SparseTensorDiff
+from diffs_store.metadata import DiffMetadata
+
+
+def maskable_parameters(model: nn.Module, *, include_layer_norm: bool = False) -> dict[str, nn.Parameter]:
+    """Trainable tensors under the base-model prefix, by their *task-model* names.
+
+    LayerNorm weights and biases are excluded by default, as every reference recipe does
+    (``--freeze_layer_norm``); callers freeze them (``requires_grad=False``).
+    """
+    prefix = model.base_model_prefix + "."  # type: ignore[attr-defined]
+    out = {}
+    for name, p in model.named_parameters():
+        if not name.startswith(prefix) or not p.requires_grad:
+            continue
+        if "LayerNorm" in name and not include_layer_norm:
+            continue
+        out[name] = p
+    return out
+
+
+def freeze_layer_norms(model: nn.Module) -> list[str]:
+    """``requires_grad=False`` on every LayerNorm of the model (heads' included, like the
+    reference's name-based loop). Returns the names frozen."""
+    names = []
+    for name, p in model.named_parameters():
+        if "LayerNorm" in name:
+            p.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+def snapshot(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached copies: theta_ref for the reset, the L1 term, re-imposing and extraction."""
+    return {name: p.detach().clone() for name, p in params.items()}
+
+
+@torch.no_grad()
+def select_mask(
+    current: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], k: int
+) -> dict[str, torch.Tensor]:
+    """Boolean masks selecting exactly ``k`` entries with the largest |current - reference|,
+    one threshold over all tensors; ties broken by tensor order then flat index (see module
+    docstring). Work happens on each tensor's device; the global ranking is done once."""
+    names = list(current)
+    n_total = sum(current[n].numel() for n in names)
+    if not 0 < k <= n_total:
+        raise ValueError(f"K={k} must be in 1..{n_total}")
+    flat = torch.cat([(current[n].detach() - reference[n].to(current[n].device)).abs().reshape(-1).float().cpu() for n in names])
+    # The k-th largest value is the (n - k + 1)-th smallest.
+    threshold = flat.kthvalue(n_total - k + 1).values
+    chosen = flat > threshold
+    need = k - int(chosen.sum())
+    if need > 0:
+        ties = torch.nonzero(flat == threshold).view(-1)[:need]
+        chosen[ties] = True
+    masks, offset = {}, 0
+    for n in names:
+        size = current[n].numel()
+        masks[n] = chosen[offset : offset + size].view(current[n].shape).to(current[n].device)
+        offset += size
+    return masks
+
+
+def selected_indices(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Flat row-major indices of the selected entries, per tensor (int64, sorted)."""
+    return {name: torch.nonzero(m.reshape(-1)).view(-1) for name, m in masks.items()}
+
+
+@torch.no_grad()
+def mask_gradients(params: Mapping[str, torch.Tensor], selected: Mapping[str, torch.Tensor]) -> None:
+    """Zero the gradient of every unselected entry (after backward, before clipping/step).
+
+    Keeps the K selected values, zeroes the tensor, writes them back: with K a small share
+    of the entries this is a memset plus two K-sized index ops, cheaper than a masked multiply.
+    """
+    for name, idx in selected.items():
+        grad = params[name].grad
+        if grad is not None:
+            flat = grad.view(-1)
+            kept = flat.index_select(0, idx)
+            flat.zero_()
+            flat.index_copy_(0, idx, kept)
+
+
+@torch.no_grad()
+def reimpose_frozen(
+    params: Mapping[str, torch.Tensor], selected: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+) -> None:
+    """Copy theta_ref back into every unselected entry (after each optimizer step).
+
+    Masked gradients alone do not keep entries still: AdamW's decoupled weight decay moves
+    every parameter it holds, and momentum from earlier steps keeps moving an entry after
+    its gradient is zeroed. Copying the reference values back (all of theta_ref, then the
+    selected entries' new values over it) makes frozen entries bit-identical to theta_ref
+    whatever the optimizer does, and leaves the selected ones exactly as the step left them.
+    """
+    for name, idx in selected.items():
+        flat = params[name].detach().view(-1)
+        kept = flat.index_select(0, idx)
+        flat.copy_(reference[name].view(-1))
+        flat.index_copy_(0, idx, kept)
+
+
+@torch.no_grad()
+def add_l1_gradient(
+    params: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor],
+    coefficient: float,
+    n_total: int,
+    grad_scale: float = 1.0,
+) -> float:
+    """Add the gradient of ``coefficient * sum|theta - theta_ref| / n_total`` to ``.grad``;
+    return sum|theta - theta_ref| (for logging).
+
+    The reference backpropagates ``l1_reg * grad_accum * sum|p - p0| / N_total`` once per
+    optimizer step (``coefficient`` = l1_reg * grad_accum here). Its gradient is
+    ``coefficient * sign(p - p0) / N`` (0 where p == p0, as autograd's ``abs`` gives), so we
+    add it directly: no second backward pass, which keeps DDP's one-reduction-per-step
+    contract and does not depend on how the Trainer scales the loss. ``grad_scale`` is the
+    AMP loss scale when gradients are still scaled.
+    """
+    alpha = coefficient * grad_scale / n_total
+    distance = 0.0
+    for name, p in params.items():
+        d = p.detach() - reference[name]
+        distance += float(d.abs().sum())
+        step = d.sign_().mul_(alpha)
+        if p.grad is None:
+            p.grad = step.to(p.dtype)
+        else:
+            p.grad.add_(step.to(p.grad.dtype))
+    return distance
+
+
+def count_changed(params: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> int:
+    return sum(int((p.detach() != reference[n]).sum()) for n, p in params.items())
+
+
+@torch.no_grad()
+def extract_diff(
+    model: nn.Module,
+    reference: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    meta: DiffMetadata,
+    *,
+    head_names: Iterable[str] | None = None,
+    min_abs_delta: float = 0.0,
+) -> SparseDiff:
+    """The diff a run leaves: sparse theta_final - theta_ref at the selected entries, by
+    base-model names, plus the dense head (its final absolute values).
+
+    Selected entries whose delta is exactly 0 (or ``<= min_abs_delta``; the reference uses
+    1e-7) are dropped: they would patch nothing. ``head_names`` defaults to every state-dict
+    entry outside the base-model prefix, tied ones included (an untied MLM decoder and its
+    bias must travel with the head for fill-mask to reproduce training).
+    """
+    prefix = model.base_model_prefix + "."  # type: ignore[attr-defined]
+    params = dict(model.named_parameters())
+    sparse: dict[str, SparseTensorDiff] = {}
+    for name, mask in masks.items():
+        delta = (params[name].detach() - reference[name]).reshape(-1).float().cpu()
+        keep = mask.reshape(-1).cpu() & (delta.abs() > min_abs_delta)
+        idx = torch.nonzero(keep).view(-1).to(torch.int64)  # row-major, sorted, unique
+        if idx.numel():
+            sparse[name[len(prefix) :]] = SparseTensorDiff(idx, delta[idx].contiguous())
+    state = model.state_dict()
+    names = list(head_names) if head_names is not None else [n for n in state if not n.startswith(prefix)]
+    dense = {n: state[n].detach().float().cpu().clone().contiguous() for n in sorted(names)}
+    nnz = sum(len(s) for s in sparse.values())
+    return SparseDiff(meta=meta.model_copy(update={"nnz": nnz}), sparse=sparse, dense=dense)

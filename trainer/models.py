@@ -1,0 +1,90 @@
+"""Building the model a job trains: base weights + a head, LT-SFT freezing, MLM loss.
+
+The task model is assembled from the *fingerprinted* base (``diffs_store.base``) rather
+than loaded independently, so theta0 is exactly what the diff will be checked against.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, set_seed
+from transformers.utils import logging as hf_logging
+
+from diffs_store.base import TASK_MODEL_CLASSES, BaseSpec, resolve_model_path, task_config
+from diffs_store.metadata import TaskType
+
+log = logging.getLogger(__name__)
+
+
+def build_model(
+    base: PreTrainedModel, spec: BaseSpec, task_type: TaskType, labels: tuple[str, ...] = (), *, seed: int = 42
+) -> tuple[PreTrainedModel, bool]:
+    """A task model holding the base's weights and a head. Returns (model, head_is_fresh).
+
+    For fill-mask, the checkpoint's own MLM head is used when it has one; otherwise a
+    freshly initialised head is added (seeded), to be trained densely like any head.
+    """
+    set_seed(seed)  # head initialisation
+    cfg = task_config(spec.config, task_type, labels)
+    model_cls = TASK_MODEL_CLASSES[task_type]
+    fresh = True
+    if task_type is TaskType.FILL_MASK:
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a missing MLM head is expected, not worth a report
+        try:
+            model, info = model_cls.from_pretrained(
+                resolve_model_path(spec.name), config=cfg, dtype=torch.float32, output_loading_info=True
+            )
+            prefix = model.base_model_prefix + "."
+            fresh = any(not k.startswith(prefix) for k in info.get("missing_keys", []))
+        except OSError:  # no checkpoint on disk (a base built in memory)
+            model = model_cls.from_config(cfg)
+        finally:
+            hf_logging.set_verbosity(previous)
+        if fresh:  # same draw whatever from_pretrained consumed
+            set_seed(seed)
+            model = model_cls.from_config(cfg)
+    else:
+        model = model_cls.from_config(cfg)
+    missing, _ = model.base_model.load_state_dict(base.state_dict(), strict=False)  # pooler may be unused
+    if missing:
+        raise ValueError(f"the {task_type.value} model needs encoder parameters the base lacks: {missing[:3]}")
+    return model.float().train(), fresh
+
+
+def untie_and_freeze_decoder(model: PreTrainedModel) -> None:
+    """The reference's ``--freeze_decoder``: the MLM decoder becomes a frozen copy of the
+    input embeddings (theta0), so sparse changes to the embeddings do not leak into the
+    output layer and the decoder is not part of the diff's trained entries."""
+    decoder = model.get_output_embeddings()
+    emb = model.get_input_embeddings().weight
+    decoder.weight = nn.Parameter(emb.detach().clone(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+
+
+def mlm_head(model: PreTrainedModel) -> nn.Module:
+    for attr in ("cls", "lm_head"):  # BERT, RoBERTa/XLM-R
+        head = getattr(model, attr, None)
+        if head is not None:
+            return head
+    raise ValueError(f"{type(model).__name__}: no MLM head found (expected .cls or .lm_head)")
+
+
+def mlm_loss(model: PreTrainedModel, inputs: dict) -> torch.Tensor:
+    """Masked-LM cross-entropy over masked positions, the model's own loss computed with
+    the vocabulary projection applied to masked positions only (~15% of tokens): the same
+    value, a fraction of the cost of projecting every position."""
+    labels = inputs["labels"]
+    enc = {k: v for k, v in inputs.items() if k not in ("labels", "special_tokens_mask")}
+    hidden = model.base_model(**enc)[0]
+    selected = labels != -100
+    if not bool(selected.any()):
+        return hidden.sum() * 0.0
+    logits = mlm_head(model)(hidden[selected])
+    return F.cross_entropy(logits.float(), labels[selected])
