@@ -147,10 +147,11 @@ def build_patch_plan(params: Params, diffs: Sequence[SparseDiff]) -> PatchPlan:
     return PatchPlan(layers, overlap)
 
 
-# Restoring more than this fraction of a tensor's entries one by one costs more than copying
-# the whole tensor back from a pristine copy (index_copy_ ~9 ns/entry vs copy_ ~0.7 ns/element
-# on a 2-core CPU at 12% density; see docs/BENCHMARKS.md).
-DENSE_RESTORE_FRACTION = 0.04
+# Cost of copying one element of a whole tensor relative to writing one indexed entry
+# (copy_ ~0.7 ns/element vs index_copy_ ~9 ns/entry at 12% density on a 2-core CPU; see
+# docs/BENCHMARKS.md). With a pristine copy, a tensor is restored whole when that plus
+# writing the whole target is cheaper than undoing and redoing entry by entry.
+DENSE_COPY_COST = 0.08
 
 
 @torch.no_grad()
@@ -159,15 +160,15 @@ def switch(
     current: PatchPlan | None,
     target: PatchPlan | None,
     pristine: Params | None = None,
-    dense_fraction: float = DENSE_RESTORE_FRACTION,
+    dense_copy_cost: float = DENSE_COPY_COST,
 ) -> None:
     """Move ``params`` from composition ``current`` (None: pristine) to ``target``.
 
     Layers are compared by identity (the patcher caches one layer object per diff), so a
     layer in both compositions is left in place and only the changing ones are written.
-    With ``pristine`` (an untouched copy of the base), a tensor that would need many entries
-    restored is copied back whole instead and the target written afresh: same bytes, fewer
-    random writes when diffs are dense.
+    With ``pristine`` (an untouched copy of the base), a tensor is copied back whole and the
+    target written afresh when that writes less than undoing and redoing entry by entry
+    (dense diffs, both layers changing); same bytes either way.
     """
     cur = current.layers if current else ()
     tgt = target.layers if target else ()
@@ -182,8 +183,9 @@ def switch(
     for name in names:
         flat = params[name].detach().view(-1)
         restore = [layer.tensors[name] for layer in removed if name in layer.tensors]
-        n_restore = sum(t.indices.numel() for t in restore)
-        if pristine is not None and n_restore > dense_fraction * flat.numel():
+        sparse_cost = sum(t.indices.numel() for t in restore) + _entries(added, name)
+        dense_cost = dense_copy_cost * flat.numel() + _entries(tgt, name)
+        if pristine is not None and dense_cost < sparse_cost:
             flat.copy_(pristine[name].detach().view(-1))
             to_apply, overlap = tgt, target.overlap if target else None
         else:
@@ -201,6 +203,10 @@ def switch(
         if overlap is not None and name in overlap.tensors:
             o = overlap.tensors[name]
             flat.index_copy_(0, o.indices, o.both)
+
+
+def _entries(layers: Sequence[DiffLayer], name: str) -> int:
+    return sum(layer.tensors[name].indices.numel() for layer in layers if name in layer.tensors)
 
 
 def apply_plan(params: Params, plan: PatchPlan) -> None:
