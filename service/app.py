@@ -21,6 +21,10 @@ def build_engine(settings: Settings):
     from service.engine import Engine
     from service.model_host import ModelHost
 
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(connect(settings.redis_url, settings.data_dir), LocalBlobStore(settings.data_dir / "blobs"))
     host = ModelHost(settings.base_model, settings.resolved_device(), settings.dtype)

