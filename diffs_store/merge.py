@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from diffs_store.base import TASK_MODEL_CLASSES, BaseSpec, base_params, load_base_model, load_tokenizer
+from diffs_store.base import TASK_MODEL_CLASSES, BaseSpec, base_params, load_base_model, load_tokenizer, task_config
 from diffs_store.compose import composed_state_dict, head_tensors
 from diffs_store.format import SparseDiff
 from diffs_store.metadata import DiffKind, TaskType
@@ -40,11 +40,7 @@ def head_config(
 ) -> PretrainedConfig:
     """Config for the task model: labels, and untied embeddings when the head brings its own
     decoder (the LT-SFT language recipe unties and freezes the MLM decoder)."""
-    cfg = copy.deepcopy(config)
-    if labels:
-        cfg.num_labels = len(labels)
-        cfg.id2label = dict(enumerate(labels))
-        cfg.label2id = {label: i for i, label in enumerate(labels)}
+    cfg = task_config(config, task_type, labels)
     model_cls = TASK_MODEL_CLASSES[task_type]
     with torch.device("meta"):
         probe = model_cls.from_config(cfg)

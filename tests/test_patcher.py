@@ -73,7 +73,6 @@ def test_cache_evicts_by_bytes(tiny_base_dir, tiny_diffs):
 def test_switch_writes_only_the_layer_that_changes(tiny_base_dir, tiny_diffs):
     """(hau, ner) -> (swa, ner) must not rewrite the task's entries outside the overlaps,
     and must land on exactly the weights a fresh (swa, ner) application gives."""
-    from diffs_store.compose import switch
 
     host = ModelHost(str(tiny_base_dir), "cpu", "bfloat16")
     diffs = {k: parse_diff(v) for (_, k), v in tiny_diffs.items()}

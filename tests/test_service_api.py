@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from diffs_store.base import load_base_model

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from service.tasks.common import InputError, Prepared, TaskAdapter, check_length, tensor_list, text_field
+from service.tasks.common import Prepared, TaskAdapter, check_length, tensor_list, text_field
 
 
 class SequenceClassification(TaskAdapter):
