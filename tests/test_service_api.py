@@ -170,3 +170,20 @@ def test_timeout_does_not_leave_engine_stuck(loaded):
     engine.settings.request_timeout_s = 30
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john"]})
     assert r.status_code == 200
+
+
+def test_embedded_redis_stops_with_the_app(tiny_base_dir, tmp_path):
+    import psutil
+
+    settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(settings)) as client:
+        sock = client.app.state.engine.registry.redis.connection_pool.connection_kwargs["path"]
+        assert client.get("/readyz").status_code == 200
+
+    def serving(proc):
+        try:
+            return "redis-server" in proc.name() and any(sock in part for part in proc.cmdline())
+        except psutil.Error:
+            return False
+
+    assert not [p for p in psutil.process_iter() if serving(p)]
