@@ -193,10 +193,10 @@ class Engine:
         data = self.registry.load_bytes(diff_id)
         return validate_diff_bytes(data, self.host.spec, max_bytes=len(data) + 1)
 
-    def _head(self, comp: Composition) -> torch.nn.Module:
+    def _head(self, comp: Composition, load_diff) -> torch.nn.Module:
         model = self._heads.get(comp.head_id)
         if model is None:
-            diff = self._load_diff(comp.head_id)
+            diff = load_diff(comp.head_id)
             model = self.host.build_task_model(comp.task_type, diff.meta.labels, diff.dense)
             self._heads[comp.head_id] = model
             while len(self._heads) > 256:
@@ -208,9 +208,16 @@ class Engine:
     def _execute(self, key, jobs: list[Job]) -> None:
         comp: Composition = jobs[0].payload[0]
         try:
-            model = self._head(comp)
+            loaded: dict[str, Any] = {}  # a new pair's task diff feeds both its head and its layer
+
+            def load_diff(diff_id: str):
+                if diff_id not in loaded:
+                    loaded[diff_id] = self._load_diff(diff_id)
+                return loaded[diff_id]
+
+            model = self._head(comp, load_diff)
             switched = self.patcher.active != key
-            self.patcher.activate(key, self._load_diff)
+            self.patcher.activate(key, load_diff)
             if switched:
                 metrics.SWITCHES.inc()
             prepared = [p for job in jobs for p in job.payload[1]]

@@ -57,7 +57,6 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="csft-model-worker", daemon=True)
-        self.batches = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -130,7 +129,6 @@ class Scheduler:
             if not jobs:
                 continue
             metrics.BATCH_SIZE.observe(sum(j.size for j in jobs))
-            self.batches += 1
             try:
                 self._execute(key, jobs)
             except BaseException as exc:  # the executor restores weights; never let the worker die
