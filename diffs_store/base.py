@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from transformers import (
@@ -31,6 +33,8 @@ from transformers import (
 )
 
 from diffs_store.metadata import TaskType
+
+log = logging.getLogger(__name__)
 
 TASK_MODEL_CLASSES = {
     TaskType.TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
@@ -95,38 +99,38 @@ def base_params(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 @dataclass
 class BaseSpec:
-    """What a diff is checked against: the base's identity and shapes, no weights needed."""
+    """What a diff is checked against: the base's identity and shapes, no weights needed.
+
+    ``source`` is where the checkpoint was read from (None for a base built in memory),
+    ``checkpoint_heads`` the checkpoint's tensors outside the encoder under their task-model
+    names (a pretrained MLM head: ``cls.predictions.*``, ``lm_head.*``), and ``initialised``
+    the encoder parameters the checkpoint lacks (a ``*ForMaskedLM`` checkpoint has no
+    pooler), which :func:`load_base_model` sets to zero so that the base is a function of
+    the checkpoint alone.
+    """
 
     name: str
     fingerprint: str
     config: PretrainedConfig
     param_shapes: dict[str, tuple[int, ...]]
-    _heads: dict = field(default_factory=dict, repr=False)
+    source: str | None = None
+    checkpoint_heads: frozenset[str] = frozenset()
+    initialised: tuple[str, ...] = ()
+    # Caches owned by diffs_store.heads: head layouts and pretrained head tensors.
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_model(cls, name: str, model: PreTrainedModel, fingerprint: str | None = None) -> "BaseSpec":
+    def from_model(
+        cls, name: str, model: PreTrainedModel, fingerprint: str | None = None, **checkpoint: Any
+    ) -> "BaseSpec":
         params = base_params(model)
         return cls(
             name=name,
             fingerprint=fingerprint or fingerprint_params(params),
             config=model.config,
             param_shapes={k: tuple(v.shape) for k, v in params.items()},
+            **checkpoint,
         )
-
-    def head_shapes(self, task_type: TaskType, num_labels: int) -> tuple[dict[str, tuple[int, ...]], set[str]]:
-        """(every head tensor name -> shape, names a diff must provide) for a task model.
-
-        Built on the meta device, so no memory is allocated. Tied head weights (an MLM
-        decoder tied to the input embeddings) are allowed but not required.
-        """
-        key = (task_type, num_labels)
-        if key not in self._heads:
-            model = build_task_model(self.config, task_type, num_labels, device="meta")
-            prefix = model.base_model_prefix + "."
-            shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(prefix)}
-            required = {k for k, _ in model.named_parameters() if not k.startswith(prefix)}
-            self._heads[key] = (shapes, required)
-        return self._heads[key]
 
 
 def task_config(config: PretrainedConfig, task_type: TaskType, labels: tuple[str, ...] = ()) -> PretrainedConfig:
@@ -153,12 +157,34 @@ def build_task_model(
         return model_cls.from_config(cfg)
 
 
+def _legacy_name(name: str) -> str:
+    """Old TF-converted checkpoints call LayerNorm parameters gamma/beta; transformers
+    renames them when loading, and so do we when listing checkpoint tensors."""
+    return re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", name))
+
+
 def load_base_model(name_or_path: str) -> tuple[PreTrainedModel, BaseSpec]:
-    """Load the base encoder (AutoModel) in its checkpoint precision and describe it."""
+    """Load the base encoder (AutoModel) in float32 and describe it.
+
+    The base is the checkpoint and nothing else. Encoder parameters the checkpoint lacks
+    (the pooler of a checkpoint saved from a masked-LM model) would be initialised at random
+    by ``from_pretrained``, a different base at every load; they are set to zero instead
+    and listed in ``spec.initialised``. Tensors the checkpoint has beyond the encoder (its
+    pretrained MLM head) are listed in ``spec.checkpoint_heads`` for head assembly.
+    """
     path = resolve_model_path(name_or_path)
-    model = AutoModel.from_pretrained(path, dtype=torch.float32)
+    model, info = AutoModel.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    state = model.state_dict()  # tensors share storage with the parameters
+    initialised = tuple(sorted(name for name in info.get("missing_keys", ()) if name in state))
+    with torch.no_grad():
+        for name in initialised:
+            state[name].zero_()
+    if initialised:
+        log.info("base %s: the checkpoint lacks %s; set to zero", name_or_path, ", ".join(initialised))
+    extra = frozenset(_legacy_name(n) for n in info.get("unexpected_keys", ()))
     model.eval()
-    return model, BaseSpec.from_model(name_or_path, model)
+    spec = BaseSpec.from_model(name_or_path, model, source=path, checkpoint_heads=extra, initialised=initialised)
+    return model, spec
 
 
 def load_tokenizer(name_or_path: str):

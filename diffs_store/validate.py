@@ -12,6 +12,7 @@ import math
 from diffs_store import errors
 from diffs_store.base import BaseSpec
 from diffs_store.format import DEFAULT_MAX_FILE_BYTES, SparseDiff, parse_diff
+from diffs_store.heads import head_layout
 from diffs_store.metadata import DiffKind, TaskType
 
 
@@ -34,17 +35,15 @@ def check_against_base(diff: SparseDiff, spec: BaseSpec, *, check_fingerprint: b
                 f"{name!r} has index {int(part.indices[-1])} but the parameter has {numel} entries",
             )
 
-    if not diff.dense:
+    if meta.task_type is None:
+        if diff.dense:
+            raise errors.DiffError(errors.BAD_METADATA, "the diff has dense head tensors but no task_type to build them for")
         if meta.kind is DiffKind.TASK:
             raise errors.DiffError(errors.BAD_LAYOUT, "a task diff must carry its head under dense/")
-        if meta.task_type is TaskType.FILL_MASK:
-            raise errors.DiffError(errors.BAD_METADATA, "task_type is 'fill-mask' but the diff has no MLM head")
         return
-    if meta.task_type is None:
-        raise errors.DiffError(errors.BAD_METADATA, "the diff has dense head tensors but no task_type to build them for")
-    shapes, required = spec.head_shapes(meta.task_type, max(len(meta.labels), 2))
+    layout = head_layout(spec, meta.task_type, max(len(meta.labels), 2))
     for name, t in diff.dense.items():
-        expected = shapes.get(name)
+        expected = layout.shapes.get(name)
         if expected is None:
             raise errors.DiffError(
                 errors.UNKNOWN_TENSOR, f"dense tensor {name!r} is not a {meta.task_type.value} head parameter"
@@ -53,9 +52,12 @@ def check_against_base(diff: SparseDiff, spec: BaseSpec, *, check_fingerprint: b
             raise errors.DiffError(
                 errors.HEAD_SHAPE, f"dense tensor {name!r} has shape {tuple(t.shape)}, the head needs {expected}"
             )
-    missing = sorted(required - diff.dense.keys())
+    missing = sorted(layout.required - diff.dense.keys())
     if missing:
-        raise errors.DiffError(errors.BAD_LAYOUT, f"the {meta.task_type.value} head is missing {missing[0]!r}")
+        provided = " (the base checkpoint provides no pretrained head)" if meta.task_type is TaskType.FILL_MASK else ""
+        raise errors.DiffError(
+            errors.BAD_LAYOUT, f"the {meta.task_type.value} head is missing {missing[0]!r}{provided}"
+        )
 
 
 def validate_diff_bytes(

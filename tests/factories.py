@@ -9,6 +9,7 @@ from transformers import AutoModel, BertConfig, PreTrainedModel, XLMRobertaConfi
 
 from diffs_store.base import BaseSpec, base_params
 from diffs_store.format import SparseDiff, SparseTensorDiff
+from diffs_store.heads import head_layout
 from diffs_store.metadata import DiffKind, DiffMetadata, TaskType
 
 
@@ -74,8 +75,8 @@ def random_diff(
         head_type, n_labels = task_type, max(len(labels), 2)
     dense = {}
     if with_head or kind is DiffKind.TASK:
-        shapes, required = spec.head_shapes(head_type, n_labels)
-        dense = {name: torch.randn(shapes[name], generator=gen) * 0.1 for name in sorted(required)}
+        layout = head_layout(spec, head_type, n_labels)
+        dense = {name: torch.randn(layout.shapes[name], generator=gen) * 0.1 for name in sorted(layout.required)}
     nnz = sum(len(s) for s in sparse.values())
     return SparseDiff(
         meta=DiffMetadata(base_model=spec.name, base_fingerprint=spec.fingerprint, nnz=nnz, **meta),
