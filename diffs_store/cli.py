@@ -72,7 +72,10 @@ def validate_cmd(
 
 @diff_app.command("import-csft")
 def import_cmd(
-    src: Path = typer.Argument(..., help="A composable-sft pytorch_diff.bin (or its directory)."),
+    src: str = typer.Argument(
+        ..., help="A composable-sft pytorch_diff.bin, its directory, or a model-hub name "
+        "(cambridgeltl/xlmr-lang-sft-sw-small; uses the Hugging Face cache, honours HF_HUB_OFFLINE)."
+    ),
     base: str = typer.Option(..., "--base"),
     kind: str = typer.Option(..., "--kind", help="language or task"),
     language: Optional[str] = typer.Option(None, "--language"),
@@ -83,16 +86,18 @@ def import_cmd(
 ) -> None:
     """Convert a reference (composable-sft) SFT into our format, values unchanged."""
     from diffs_store.metadata import DiffKind, TaskType
-    from diffs_store.reference_import import import_reference
+    from diffs_store.reference_import import fetch_reference, import_reference
 
-    if src.is_dir():
-        src = src / "pytorch_diff.bin"
     try:
         kind_v = DiffKind(kind)
         task_type_v = TaskType(task_type) if task_type else None
     except ValueError as exc:
         fail(str(exc), 2)
-    data = _read(src)
+    try:
+        src_path = fetch_reference(src)
+    except FileNotFoundError as exc:
+        fail(str(exc), 2)
+    data = _read(src_path)
     _, spec = _load_base(base)
     try:
         diff = import_reference(

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from diffs_store import errors
 from diffs_store.base import BaseSpec, build_task_model
 from diffs_store.format import DEFAULT_MAX_FILE_BYTES, DENSE_DTYPES, SparseDiff, SparseTensorDiff
+from diffs_store.heads import head_layout
 from diffs_store.metadata import DiffKind, DiffMetadata, TaskType
 from diffs_store.validate import validate_diff_bytes
 
@@ -234,6 +235,34 @@ def _model_prefix(spec: BaseSpec, task_type: TaskType | None, names: Sequence[st
         return firsts.pop()
 
 
+def _base_has_mlm_head(spec: BaseSpec) -> bool:
+    """Whether the base checkpoint alone completes a fill-mask head (mBERT, XLM-R)."""
+    try:
+        return not head_layout(spec, TaskType.FILL_MASK).required
+    except Exception:  # an architecture without a masked-LM class
+        return False
+
+
+def fetch_reference(name_or_path: str | Path) -> Path:
+    """A local ``pytorch_diff.bin`` (or its directory), else a model-hub repository id
+    (``cambridgeltl/xlmr-lang-sft-sw-small``) fetched with ``huggingface_hub``, which
+    uses the user's cache and honours ``HF_HUB_OFFLINE``. Raises ``FileNotFoundError``
+    with one line naming what was tried."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path / REFERENCE_FILE_NAME if path.is_dir() else path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(hf_hub_download(repo_id=str(name_or_path), filename=REFERENCE_FILE_NAME))
+    except HFValidationError:
+        raise FileNotFoundError(f"{name_or_path} is neither a file, a directory nor a model-hub name") from None
+    except Exception as exc:  # offline and not cached, no such repository, network errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FileNotFoundError(f"cannot fetch {REFERENCE_FILE_NAME} of {name_or_path!r} from the model hub: {first}") from None
+
+
 def import_reference(
     data_or_path: bytes | str | Path,
     spec: BaseSpec,
@@ -248,8 +277,10 @@ def import_reference(
 ) -> SparseDiff:
     """Convert a composable-sft SFT (file, its directory, or bytes) into a validated diff.
 
-    ``abs`` entries become ``dense/`` heads; a language SFT with a head gets task_type
-    fill-mask. ``abs`` entries under the base prefix are refused: the reference only puts
+    ``abs`` entries become ``dense/`` heads. A language SFT gets task_type fill-mask when
+    it brings MLM head tensors or the base checkpoint has a pretrained MLM head: the head is
+    then what ``SFT.apply(AutoModelForMaskedLM.from_pretrained(base))`` gives, the tensors
+    the SFT lacks coming from the checkpoint (see :mod:`diffs_store.heads`). ``abs`` entries under the base prefix are refused: the reference only puts
     heads there, and a whole base tensor is not a sparse delta.
     """
     if isinstance(data_or_path, (bytes, bytearray, memoryview)):
@@ -266,8 +297,8 @@ def import_reference(
     diffs, abs_ = tree.get("diffs", {}), tree.get("abs", {})
     if not all(isinstance(d, dict) and all(isinstance(k, str) for k in d) for d in (diffs, abs_)):
         raise _refuse("'diffs' and 'abs' must be dicts keyed by parameter name")
-    if kind is DiffKind.LANGUAGE and abs_ and task_type is None:
-        task_type = TaskType.FILL_MASK
+    if kind is DiffKind.LANGUAGE and task_type is None and (abs_ or _base_has_mlm_head(spec)):
+        task_type = TaskType.FILL_MASK  # the reference's SFT.apply on the masked-LM model
     prefix = (base_model_prefix or _model_prefix(spec, task_type, list(diffs))).rstrip(".") + "."
 
     sparse: dict[str, SparseTensorDiff] = {}

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         True, description="Keep an untouched copy of the base (one model's memory) so dense diffs restore by whole-tensor copies."
     )
     plan_cache_bytes: int = Field(2 * 1024**3, ge=0, description="Byte budget of cached patch plans.")
+    head_cache_bytes: int = Field(
+        1024**3, ge=0, description="Byte budget of cached task heads (an untied MLM decoder counts in full)."
+    )
     max_inputs: int = Field(64, ge=1, description="Most inputs per /v1/predict request.")
     max_input_chars: int = Field(20_000, ge=1, description="Longest text (characters) per input.")
     max_seq_len: int = Field(512, ge=8, description="Token limit per input; longer inputs are refused with 413.")

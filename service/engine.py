@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ from diffs_store.validate import validate_diff_bytes
 from service import metrics
 from service.config import Settings
 from service.model_host import ModelHost
+from service.lru import ByteLRU
 from service.patcher import Patcher, PlanCache
 from service.scheduler import Job, Scheduler
 from service.tasks import ADAPTERS, TaskAdapter
@@ -93,7 +93,7 @@ class Engine:
             max_wait=settings.max_wait_ms / 1000,
             switch_after=settings.switch_after_ms / 1000,
         )
-        self._heads: OrderedDict[str, torch.nn.Module] = OrderedDict()
+        self._heads = ByteLRU(settings.head_cache_bytes, size=host.head_nbytes, gauge=metrics.HEAD_CACHE_BYTES)
         self._resolved: dict[tuple[str | None, str | None], Composition] = {}
         self._seen_counter: int | None = None
         self._lock = threading.Lock()
@@ -198,11 +198,7 @@ class Engine:
         if model is None:
             diff = load_diff(comp.head_id)
             model = self.host.build_task_model(comp.task_type, diff.meta.labels, diff.dense)
-            self._heads[comp.head_id] = model
-            while len(self._heads) > 256:
-                self._heads.popitem(last=False)
-        else:
-            self._heads.move_to_end(comp.head_id)
+            self._heads.put(comp.head_id, model)
         return model
 
     def _execute(self, key, jobs: list[Job]) -> None:

@@ -17,4 +17,5 @@ PATCH_SECONDS = Histogram(
 )
 PLAN_CACHE = Counter("csft_plan_cache_total", "Patch-plan cache lookups.", ["result"])
 PLAN_CACHE_BYTES = Gauge("csft_plan_cache_bytes", "Bytes held by cached patch plans.")
+HEAD_CACHE_BYTES = Gauge("csft_head_cache_bytes", "Bytes held by cached task heads (tensors not shared with the encoder).")
 SWITCHES = Counter("csft_pair_switches_total", "Times the applied composition changed.")

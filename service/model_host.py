@@ -40,3 +40,8 @@ class ModelHost:
         """A task model sharing the live encoder, with ``head`` (a diff's dense tensors) and
         whatever else the head needs from the checkpoint (see :mod:`diffs_store.heads`)."""
         return assemble_task_model(self.spec, self.encoder, task_type, labels, head, device=self.device, dtype=self.dtype)
+
+    def head_nbytes(self, model: PreTrainedModel) -> int:
+        """Bytes a task model adds to the encoder's (tied tensors are the encoder's)."""
+        shared = {id(p) for p in self.encoder.parameters()}
+        return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in shared)

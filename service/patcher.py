@@ -13,54 +13,24 @@ base completely, builds, then applies. Only the scheduler's worker calls this.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
-from typing import Callable, Hashable
+from typing import Callable
 
 import torch
 
 from diffs_store.compose import DiffLayer, Overlap, PatchPlan, build_layer, build_overlap, switch
 from diffs_store.format import SparseDiff
 from service import metrics
+from service.lru import ByteLRU
 
 PairKey = tuple  # (language diff id or None, task diff id or None)
 
 
-class PlanCache:
-    """LRU of layers and overlaps bounded by their bytes (the newest entry is always kept)."""
+class PlanCache(ByteLRU):
+    """Layers (keyed by diff id) and overlaps (keyed by pair), bounded by their bytes."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, DiffLayer | Overlap] = OrderedDict()
-        self._lock = threading.Lock()
-        self.bytes = 0
-
-    def get(self, key: Hashable):
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: Hashable, item) -> None:
-        """Insert and evict least recently used entries until within budget. Evicting an
-        applied layer is safe: the patcher keeps its own reference until it switches away."""
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = item
-            self.bytes += item.nbytes
-            while self.bytes > self.max_bytes and len(self._items) > 1:
-                victim = next(iter(self._items))  # oldest; never `key`, which is newest
-                self.bytes -= self._items.pop(victim).nbytes
-            metrics.PLAN_CACHE_BYTES.set(self.bytes)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(max_bytes, size=lambda item: item.nbytes, gauge=metrics.PLAN_CACHE_BYTES)
 
 
 class Patcher:
