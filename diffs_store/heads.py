@@ -112,11 +112,15 @@ def assemble_task_model(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    own_encoder: bool = False,
 ) -> PreTrainedModel:
     """A task model whose encoder *is* ``encoder`` (shared, not copied) and whose head comes
     from ``head`` (a diff's dense tensors), ties and the checkpoint, as the module says.
 
     Head tensors are cast to ``dtype`` and moved to ``device`` (default: the encoder's).
+    With ``own_encoder`` (a merge: the encoder belongs to this model alone) a pooler the
+    task model does not build (``*ForMaskedLM``, ``*ForTokenClassification``) is dropped, so
+    the model's weights are exactly those ``from_pretrained`` of that class would hold.
     Raises ``ValueError`` naming the first head parameter nothing provides.
     """
     ref = next(encoder.parameters())
@@ -131,6 +135,8 @@ def assemble_task_model(
             cfg.get_text_config().tie_word_embeddings = False
     with torch.device("meta"):
         model = TASK_MODEL_CLASSES[task_type].from_config(cfg)
+    if own_encoder and getattr(model.base_model, "pooler", None) is None and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
     setattr(model, model.base_model_prefix, encoder)
     from_checkpoint = layout.pretrained - head.keys()
     tensors = {name: t for name, t in pretrained_head(spec, task_type).items() if name in from_checkpoint}

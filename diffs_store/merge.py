@@ -46,7 +46,7 @@ def build_composed_model(base: PreTrainedModel, spec: BaseSpec, diffs: Sequence[
     encoder.load_state_dict(composed_state_dict(base_params(base), diffs), strict=False)  # buffers stay
     if task_type is None:
         return encoder.eval()
-    return assemble_task_model(spec, encoder, task_type, labels, head_tensors(diffs))
+    return assemble_task_model(spec, encoder, task_type, labels, head_tensors(diffs), own_encoder=True)
 
 
 def merge_to_directory(

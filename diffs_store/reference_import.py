@@ -77,6 +77,15 @@ def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, requires_
     return t
 
 
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None) -> torch.Tensor:
+    """``abs`` tensors of a CPU-trained model are pickled as ``nn.Parameter``, with their
+    Python attributes (transformers marks ``_is_hf_initialized``) when they have any. Only
+    the data is wanted: attributes and hooks are dropped, never set."""
+    if not isinstance(data, torch.Tensor):
+        raise _refuse(f"a parameter wraps {type(data).__name__}, not a tensor")
+    return data
+
+
 @dataclass(frozen=True)
 class _StorageType:
     """What ``torch.FloatStorage`` & co. resolve to: only the dtype, nothing callable."""
@@ -87,7 +96,8 @@ class _StorageType:
 # Everything the reference layout needs, and nothing else.
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch", "Size"): torch.Size,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("numpy.core.multiarray", "scalar"): _NP_SCALAR,
