@@ -204,7 +204,21 @@ def training_arguments(recipe: Recipe, out_dir: Path, **overrides: Any) -> Train
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    args = TrainingArguments(**kwargs)
+    if args.world_size < _launched_processes():
+        args = TrainingArguments(**{**kwargs, "use_cpu": True})
+    return args
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher (``torchrun``, ``accelerate launch``) started.
+
+    Accelerate forms a process group of several only on an accelerator device or when told
+    ``use_cpu``; without a GPU each process would otherwise train alone on all the data
+    (same seed: identical, wasted copies), so :func:`training_arguments` then asks for CPU
+    processes (gloo) explicitly.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass
