@@ -184,5 +184,21 @@ def test_mlm_loss_through_a_wrapper_equals_the_masked_positions_path(tmp_path):
         torch.testing.assert_close(wrapped_grads[name], grad, rtol=1e-5, atol=1e-7)
 
 
+def test_multisource_batches_come_in_one_source_runs_of_world_size():
+    """accelerate gives batch i to rank i % world_size: each optimizer step (the ranks'
+    averaged gradients) must still see one source, every index at least once per epoch."""
+    from trainer.multisource import SourceBatchSampler
+
+    tags = ["hau"] * 10 + ["swa"] * 22 + ["yor"] * 5
+    sampler = SourceBatchSampler(tags, batch_size=4, seed=1, world_size=2)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 4 + 6 + 2  # hau: 3 batches topped up to 4
+        for step in range(0, len(batches), 2):
+            assert len({tags[i] for batch in batches[step : step + 2] for i in batch}) == 1
+        assert {i for batch in batches for i in batch} == set(range(len(tags)))
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     _worker(*sys.argv[2:4])

@@ -277,18 +277,19 @@ def train_task_diff(
     k = resolve_k(recipe.k, n_maskable, kind="task", hidden_size=base.spec.config.hidden_size)
     features, tags = _task_dataset(base, task_type, sources, labels, recipe, multi)
     collate = collator_for(task_type, base.tokenizer)
+    out = Path(out_dir)
+    args = training_arguments(recipe, out)
     extra: dict[str, Any] = {}
     if multi:
         switch = LanguageSwitch(params, {s.language: s.diff for s in sources})
         extra = dict(
             source_switch=switch,
-            batch_sampler=SourceBatchSampler(tags, recipe.batch_size, recipe.seed),
+            batch_sampler=SourceBatchSampler(tags, recipe.batch_size, recipe.seed, args.world_size),
             data_collator=SourceCollator(collate),
         )
-    out = Path(out_dir)
     trainer = LtSftTrainer(
         model=model,
-        args=training_arguments(recipe, out),
+        args=args,
         train_dataset=features,
         data_collator=extra.pop("data_collator", collate),
         recipe=recipe,
