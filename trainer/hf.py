@@ -13,8 +13,12 @@
 :func:`run_lt_sft` drives phase 1 (full), mask selection, reset of *every* parameter
 (heads included), phase 2 (sparse), each with a fresh optimizer and LR schedule and its own
 output directory for checkpoints; resuming picks up where a run stopped. The same code runs
-on CPU, one GPU or several (``accelerate launch`` / ``torchrun``): device placement and
-gradient reduction are the Trainer's.
+on CPU, one GPU or several processes (``torchrun`` / ``accelerate launch``; GPUs, or CPU
+processes over gloo): device placement and gradient reduction are the Trainer's (DDP). Our
+additions keep every rank identical without collectives of their own: losses go through the
+wrapped model's forward (:func:`trainer.models.mlm_loss`), and the L1 term, gradient masks
+and re-imposing act after DDP's all-reduce on identical values; the mask is chosen on every
+rank from identical parameters. Only the main process writes the mask and the diff.
 """
 
 from __future__ import annotations
