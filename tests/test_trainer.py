@@ -57,8 +57,7 @@ def recipe(**kw) -> Recipe:
     return Recipe(**base)
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
+def make_trainer_base_dir(root: Path) -> Path:
     """The tiny base with a tokenizer that knows its vocabulary. (make_base_dir passes
     ``vocab_file=``, which transformers 5 ignores, leaving only the 5 special tokens; every
     word would be [UNK] and the NER data meaningless.)"""
@@ -66,10 +65,15 @@ def base_dir(tmp_path_factory) -> Path:
 
     from service_fixtures import make_base_dir
 
-    root = make_base_dir(tmp_path_factory.mktemp("trainer-base") / "tiny-bert")
+    root = make_base_dir(root)
     vocab = (root / "vocab.txt").read_text().split()
     BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    return make_trainer_base_dir(tmp_path_factory.mktemp("trainer-base") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,9 @@ def _load_base(name: str):
 
 
 def _finish(result, output: Path, push: Optional[str], token: Optional[str]) -> None:
+    """Report and push the written diff: once, from the main process under ``torchrun``."""
+    if not result.trainer.is_world_process_zero():
+        return
     d = result.diff
     typer.echo(f"wrote {output}: {d.meta.kind.value} diff, {d.nnz} entries, id {result.diff_id}")
     if push:

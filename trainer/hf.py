@@ -13,8 +13,12 @@
 :func:`run_lt_sft` drives phase 1 (full), mask selection, reset of *every* parameter
 (heads included), phase 2 (sparse), each with a fresh optimizer and LR schedule and its own
 output directory for checkpoints; resuming picks up where a run stopped. The same code runs
-on CPU, one GPU or several (``accelerate launch`` / ``torchrun``): device placement and
-gradient reduction are the Trainer's.
+on CPU, one GPU or several processes (``torchrun`` / ``accelerate launch``; GPUs, or CPU
+processes over gloo): device placement and gradient reduction are the Trainer's (DDP). Our
+additions keep every rank identical without collectives of their own: losses go through the
+wrapped model's forward (:func:`trainer.models.mlm_loss`), and the L1 term, gradient masks
+and re-imposing act after DDP's all-reduce on identical values; the mask is chosen on every
+rank from identical parameters. Only the main process writes the mask and the diff.
 """
 
 from __future__ import annotations
@@ -204,7 +208,21 @@ def training_arguments(recipe: Recipe, out_dir: Path, **overrides: Any) -> Train
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    args = TrainingArguments(**kwargs)
+    if args.world_size < _launched_processes():
+        args = TrainingArguments(**{**kwargs, "use_cpu": True})
+    return args
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher (``torchrun``, ``accelerate launch``) started.
+
+    Accelerate forms a process group of several only on an accelerator device or when told
+    ``use_cpu``; without a GPU each process would otherwise train alone on all the data
+    (same seed: identical, wasted copies), so :func:`training_arguments` then asks for CPU
+    processes (gloo) explicitly.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass

@@ -118,8 +118,11 @@ def _recipe_record(recipe: Recipe, k: int, n_maskable: int, **extra: Any) -> dic
     }
 
 
-def _save(diff: SparseDiff, output: str | Path | None) -> str | None:
-    if output is None:
+def _save(diff: SparseDiff, output: str | Path | None, trainer: LtSftTrainer) -> str | None:
+    """Write the diff and return its id, on the main process only: under ``torchrun`` every
+    rank ends with the same weights, and one file must come out of the job (the other
+    ranks return None)."""
+    if output is None or not trainer.is_world_process_zero():
         return None
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     return diff.save(output)
@@ -196,7 +199,7 @@ def train_language_diff(
     if not store_decoder:
         heads = [n for n in heads if not n.endswith("decoder.weight")]
     diff = lt_sft.extract_diff(model, trainer.reference, result.masks, meta, head_names=heads)
-    return JobResult(diff, model, trainer, _save(diff, output), metrics)
+    return JobResult(diff, model, trainer, _save(diff, output, trainer), metrics)
 
 
 # -- task diffs --------------------------------------------------------------------------
@@ -274,18 +277,19 @@ def train_task_diff(
     k = resolve_k(recipe.k, n_maskable, kind="task", hidden_size=base.spec.config.hidden_size)
     features, tags = _task_dataset(base, task_type, sources, labels, recipe, multi)
     collate = collator_for(task_type, base.tokenizer)
+    out = Path(out_dir)
+    args = training_arguments(recipe, out)
     extra: dict[str, Any] = {}
     if multi:
         switch = LanguageSwitch(params, {s.language: s.diff for s in sources})
         extra = dict(
             source_switch=switch,
-            batch_sampler=SourceBatchSampler(tags, recipe.batch_size, recipe.seed),
+            batch_sampler=SourceBatchSampler(tags, recipe.batch_size, recipe.seed, args.world_size),
             data_collator=SourceCollator(collate),
         )
-    out = Path(out_dir)
     trainer = LtSftTrainer(
         model=model,
-        args=training_arguments(recipe, out),
+        args=args,
         train_dataset=features,
         data_collator=extra.pop("data_collator", collate),
         recipe=recipe,
@@ -312,7 +316,7 @@ def train_task_diff(
         metrics=metrics,
     )
     diff = lt_sft.extract_diff(model, trainer.reference, result.masks, meta)
-    return JobResult(diff, model, trainer, _save(diff, output), metrics)
+    return JobResult(diff, model, trainer, _save(diff, output, trainer), metrics)
 
 
 def _dev_metrics(model, base: Base, task_type, sources: Sequence[Source], params) -> dict[str, Any]:

@@ -7,6 +7,7 @@ than loaded independently, so theta0 is exactly what the diff will be checked ag
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,15 +77,30 @@ def mlm_head(model: PreTrainedModel) -> nn.Module:
     raise ValueError(f"{type(model).__name__}: no MLM head found (expected .cls or .lm_head)")
 
 
-def mlm_loss(model: PreTrainedModel, inputs: dict) -> torch.Tensor:
-    """Masked-LM cross-entropy over masked positions, the model's own loss computed with
-    the vocabulary projection applied to masked positions only (~15% of tokens): the same
-    value, a fraction of the cost of projecting every position."""
+def mlm_loss(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """Masked-LM cross-entropy over masked positions (the model's own loss, per-batch mean).
+
+    The bare model takes the cheap path: the vocabulary projection applied to masked
+    positions only (~15% of tokens), the same value at a fraction of the cost. A wrapped
+    model (``DistributedDataParallel`` under ``torchrun``, ``DataParallel``) is called
+    through the wrapper's own forward instead: DDP's forward is what arms the gradient
+    all-reduce, so reaching inside (``model.module.base_model``) would leave each process
+    stepping on its own gradients. It projects every position; the loss is the same.
+    """
     labels = inputs["labels"]
     enc = {k: v for k, v in inputs.items() if k not in ("labels", "special_tokens_mask")}
-    hidden = model.base_model(**enc)[0]
+    outputs, project = _mlm_outputs(model, enc)
     selected = labels != -100
     if not bool(selected.any()):
-        return hidden.sum() * 0.0
-    logits = mlm_head(model)(hidden[selected])
+        return outputs.sum() * 0.0  # no masked token: a zero loss that still reaches the graph
+    logits = project(outputs[selected])
     return F.cross_entropy(logits.float(), labels[selected])
+
+
+def _mlm_outputs(model: nn.Module, enc: dict) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """(per-position outputs, what turns selected rows of them into vocabulary logits):
+    encoder states and the MLM head for a bare model, the full logits and the identity for
+    a wrapper (see :func:`mlm_loss`)."""
+    if isinstance(model, PreTrainedModel):
+        return model.base_model(**enc)[0], mlm_head(model)
+    return model(**enc).logits, lambda logits: logits

@@ -56,14 +56,22 @@ class LanguageSwitch:
 class SourceBatchSampler(torch.utils.data.Sampler):
     """Batches of indices that never mix sources: shuffle within each source, cut into
     batches, shuffle the batches (the reference's random source order). Reseeded per epoch
-    (``set_epoch``) so runs are reproducible."""
+    (``set_epoch``) so runs are reproducible.
 
-    def __init__(self, sources: Sequence[str], batch_size: int, seed: int = 0) -> None:
+    With ``world_size`` processes (DDP), batch i goes to rank i % world_size and one
+    optimizer step averages the ranks' gradients; so batches come in runs of
+    ``world_size`` from one source (a source's last run topped up with its own first
+    batches), and every rank of a step applies the same language diff. One process: the
+    same batches in the same order as without runs.
+    """
+
+    def __init__(self, sources: Sequence[str], batch_size: int, seed: int = 0, world_size: int = 1) -> None:
         self.by_source: dict[str, list[int]] = {}
         for i, s in enumerate(sources):
             self.by_source.setdefault(s, []).append(i)
         self.batch_size = batch_size
         self.seed = seed
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -71,16 +79,24 @@ class SourceBatchSampler(torch.utils.data.Sampler):
 
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        batches = []
+        runs = []
         for source in sorted(self.by_source):
             idx = list(self.by_source[source])
             rng.shuffle(idx)
-            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        rng.shuffle(batches)
-        return batches
+            runs += _runs([idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)], self.world_size)
+        rng.shuffle(runs)
+        return [batch for run in runs for batch in run]
 
     def __iter__(self):
         return iter(self._batches())
 
     def __len__(self) -> int:
-        return sum(-(-len(v) // self.batch_size) for v in self.by_source.values())
+        return sum(self.world_size * -(-len(v) // (self.batch_size * self.world_size)) for v in self.by_source.values())
+
+
+def _runs(batches: list[list[int]], size: int) -> list[list[list[int]]]:
+    """Consecutive runs of ``size`` batches, the last one completed by cycling from the
+    first batch (each process of a step needs a batch of the same source)."""
+    n = -(-len(batches) // size) * size
+    cycled = [batches[i % len(batches)] for i in range(n)]
+    return [cycled[i : i + size] for i in range(0, n, size)]
