@@ -20,7 +20,6 @@ a diff that does not.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ class HeadLayout:
     tied: dict[str, str]  # head parameter -> the parameter it is tied to, unless a diff brings it
     pretrained: frozenset[str]  # head parameters the base checkpoint provides
     required: frozenset[str]  # what a diff must bring: the rest
+    encoder_prefix: str  # "bert.", "roberta.": the task model's name for the encoder
 
 
 def _tied_pairs(model: PreTrainedModel) -> dict[str, str]:
@@ -81,7 +81,7 @@ def head_layout(spec: BaseSpec, task_type: TaskType, num_labels: int = 2) -> Hea
         if task_type is TaskType.FILL_MASK:  # the only head pretrained checkpoints ship
             pretrained = frozenset((params - tied.keys()) & spec.checkpoint_heads)
         required = frozenset(params - tied.keys() - pretrained)
-        spec._cache[key] = HeadLayout(shapes, tied, pretrained, required)
+        spec._cache[key] = HeadLayout(shapes, tied, pretrained, required, prefix)
     return spec._cache[key]
 
 
@@ -128,8 +128,8 @@ def assemble_task_model(
     dtype = dtype or ref.dtype
     layout = head_layout(spec, task_type, max(len(labels), 2))
     cfg = task_config(spec.config, task_type, labels)
-    if any(target in head for target in layout.tied):  # the diff brings its own (untied) decoder
-        cfg = copy.deepcopy(cfg)
+    if any(target in head and source.startswith(layout.encoder_prefix) for target, source in layout.tied.items()):
+        # the diff brings its own decoder: no longer the input embeddings (cfg is a copy)
         cfg.tie_word_embeddings = False
         if hasattr(cfg, "get_text_config"):
             cfg.get_text_config().tie_word_embeddings = False
