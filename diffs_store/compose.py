@@ -224,13 +224,3 @@ def composed_state_dict(params: Params, diffs: Sequence[SparseDiff]) -> dict[str
     out = {name: t.detach().clone() for name, t in params.items()}
     apply_plan(out, build_patch_plan(out, diffs))
     return out
-
-
-def head_tensors(diffs: Sequence[SparseDiff]) -> dict[str, torch.Tensor]:
-    """The dense head for a composition: the task diff's head when there is one, else the
-    language diff's MLM head (a language head is never used under a task)."""
-    tasks = [d for d in diffs if d.meta.kind is DiffKind.TASK]
-    if len(tasks) > 1:
-        raise ValueError("a composition takes at most one task diff")
-    source = tasks or [d for d in diffs if d.dense]
-    return dict(source[0].dense) if source else {}

@@ -14,19 +14,24 @@ model and a served pair cannot disagree. Each head parameter comes from, in orde
    ship one; the reference's ``run_mlm`` freezes the head LayerNorm and the decoder and
    saves only what it trained, sometimes just the bias).
 
-Whatever is left is what a diff must bring (:attr:`HeadLayout.required`); validation refuses
+A diff may also record a head tensor as equal to a base parameter at theta0 instead of
+storing it (``head_from_base`` in its metadata): the frozen MLM decoder of a language diff
+*is* the base's input embeddings before any patch, and that is what is used then, not the
+patched embeddings. Whatever is left is what a diff must bring (:attr:`HeadLayout.required`); validation refuses
 a diff that does not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
 from diffs_store.base import TASK_MODEL_CLASSES, BaseSpec, quiet_transformers, task_config
-from diffs_store.metadata import TaskType
+from diffs_store.format import SparseDiff
+from diffs_store.metadata import DiffKind, TaskType
 
 
 @dataclass(frozen=True)
@@ -151,3 +156,24 @@ def assemble_task_model(
     if left:
         raise ValueError(f"the {task_type.value} head is missing {left[0]!r}")
     return model.eval()
+
+
+def head_diff(diffs: Sequence[SparseDiff]) -> SparseDiff | None:
+    """Whose head a composition runs: the task diff's when there is one, else the language
+    diff's MLM head (a language head is never used under a task)."""
+    tasks = [d for d in diffs if d.meta.kind is DiffKind.TASK]
+    if len(tasks) > 1:
+        raise ValueError("a composition takes at most one task diff")
+    source = tasks or [d for d in diffs if d.meta.task_type is TaskType.FILL_MASK]
+    return source[0] if source else None
+
+
+def head_tensors(diff: SparseDiff | None, base_tensor: Callable[[str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diff's head tensors: what it stores, plus what it records as a base parameter at
+    theta0, read through ``base_tensor(name)`` (the caller knows where theta0 lives: the
+    unpatched base for a merge, the patcher's pristine values for the service)."""
+    if diff is None:
+        return {}
+    out = {name: base_tensor(source) for name, source in diff.meta.head_from_base.items()}
+    out.update(diff.dense)
+    return out

@@ -13,9 +13,9 @@ from typing import Sequence
 from transformers import PreTrainedModel
 
 from diffs_store.base import BaseSpec, base_params, load_base_model, load_tokenizer
-from diffs_store.compose import composed_state_dict, head_tensors
+from diffs_store.compose import composed_state_dict
 from diffs_store.format import SparseDiff
-from diffs_store.heads import assemble_task_model
+from diffs_store.heads import assemble_task_model, head_diff, head_tensors
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.validate import check_against_base
 
@@ -42,11 +42,13 @@ def build_composed_model(base: PreTrainedModel, spec: BaseSpec, diffs: Sequence[
     for d in diffs:
         check_against_base(d, spec)
     task_type, labels = composition_task(diffs)
+    theta0 = base_params(base)
     encoder = copy.deepcopy(base)
-    encoder.load_state_dict(composed_state_dict(base_params(base), diffs), strict=False)  # buffers stay
+    encoder.load_state_dict(composed_state_dict(theta0, diffs), strict=False)  # buffers stay
     if task_type is None:
         return encoder.eval()
-    return assemble_task_model(spec, encoder, task_type, labels, head_tensors(diffs), own_encoder=True)
+    head = head_tensors(head_diff(diffs), lambda name: theta0[name].detach().clone())
+    return assemble_task_model(spec, encoder, task_type, labels, head, own_encoder=True)
 
 
 def merge_to_directory(

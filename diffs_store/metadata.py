@@ -87,6 +87,10 @@ class DiffMetadata(BaseModel):
     task: str | None = None
     task_type: TaskType | None = None
     labels: tuple[str, ...] = ()
+    # Head tensors equal to a base parameter at theta0 (head name -> base parameter name),
+    # recorded instead of stored: the frozen MLM decoder of a language diff is the base's
+    # input embeddings, a vocab x hidden tensor the base already has.
+    head_from_base: dict[str, str] = Field(default_factory=dict)
     recipe: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=utc_now)
@@ -118,6 +122,8 @@ class DiffMetadata(BaseModel):
     def _consistent(self) -> "DiffMetadata":
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels contain duplicates")
+        if self.head_from_base and self.task_type is None:
+            raise ValueError("head_from_base names head tensors, but the diff has no task_type")
         if self.kind is DiffKind.LANGUAGE:
             if self.language is None:
                 raise ValueError("a language diff needs 'language'")
@@ -149,8 +155,8 @@ class DiffMetadata(BaseModel):
     def to_header(self) -> dict[str, str]:
         out = {"format": FORMAT_NAME}
         for name, value in self.model_dump(mode="json").items():
-            if value is None:
-                continue
+            if value is None or (name == "head_from_base" and not value):
+                continue  # absent optional fields keep older files' bytes (and ids) unchanged
             out[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         return out
 
@@ -166,7 +172,7 @@ class DiffMetadata(BaseModel):
         for name, raw in header.items():
             if name == "format":
                 continue
-            if name in ("labels", "recipe", "metrics"):
+            if name in ("labels", "head_from_base", "recipe", "metrics"):
                 try:
                     fields[name] = json.loads(raw)
                 except json.JSONDecodeError as exc:

@@ -36,7 +36,7 @@ def check_against_base(diff: SparseDiff, spec: BaseSpec, *, check_fingerprint: b
             )
 
     if meta.task_type is None:
-        if diff.dense:
+        if diff.dense:  # (head_from_base without task_type is refused by the metadata itself)
             raise errors.DiffError(errors.BAD_METADATA, "the diff has dense head tensors but no task_type to build them for")
         if meta.kind is DiffKind.TASK:
             raise errors.DiffError(errors.BAD_LAYOUT, "a task diff must carry its head under dense/")
@@ -52,7 +52,16 @@ def check_against_base(diff: SparseDiff, spec: BaseSpec, *, check_fingerprint: b
             raise errors.DiffError(
                 errors.HEAD_SHAPE, f"dense tensor {name!r} has shape {tuple(t.shape)}, the head needs {expected}"
             )
-    missing = sorted(layout.required - diff.dense.keys())
+    for name, source in meta.head_from_base.items():
+        if name in diff.dense or name not in layout.shapes:
+            raise errors.DiffError(
+                errors.BAD_METADATA, f"head_from_base names {name!r}, which is stored or not a {meta.task_type.value} head parameter"
+            )
+        if spec.param_shapes.get(source) != layout.shapes[name]:
+            raise errors.DiffError(
+                errors.HEAD_SHAPE, f"head_from_base: base parameter {source!r} does not exist or does not have {name!r}'s shape"
+            )
+    missing = sorted(layout.required - diff.dense.keys() - meta.head_from_base.keys())
     if missing:
         provided = " (the base checkpoint provides no pretrained head)" if meta.task_type is TaskType.FILL_MASK else ""
         raise errors.DiffError(

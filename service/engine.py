@@ -20,6 +20,7 @@ import torch
 
 from diffs_store import errors
 from diffs_store.redis_connection import RedisUnavailable
+from diffs_store.heads import head_tensors
 from diffs_store.metadata import DiffKind, TaskType, normalise_language, normalise_task
 from diffs_store.registry import Entry, Registry
 from diffs_store.validate import validate_diff_bytes
@@ -197,7 +198,8 @@ class Engine:
         model = self._heads.get(comp.head_id)
         if model is None:
             diff = load_diff(comp.head_id)
-            model = self.host.build_task_model(comp.task_type, diff.meta.labels, diff.dense)
+            head = head_tensors(diff, self.patcher.pristine_tensor)
+            model = self.host.build_task_model(comp.task_type, diff.meta.labels, head)
             self._heads.put(comp.head_id, model)
         return model
 

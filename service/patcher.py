@@ -70,6 +70,19 @@ class Patcher:
         self.active, self._plan, self._touched = None, None, []
         metrics.PATCH_SECONDS.labels("restore").observe(time.perf_counter() - start)
 
+    def pristine_tensor(self, name: str) -> torch.Tensor:
+        """theta0 of one base tensor whatever composition is applied: the pristine copy
+        itself when there is one (shared, never written), else a copy of the live tensor
+        with the saved originals of every touched layer written back."""
+        if self.pristine is not None:
+            return self.pristine[name]
+        out = self.params[name].detach().clone()
+        flat = out.view(-1)
+        for layer in self._touched:
+            if name in layer.tensors:
+                flat.index_copy_(0, layer.tensors[name].indices, layer.tensors[name].original)
+        return out
+
     def _plan_for(self, key: PairKey, load_diff: Callable[[str], SparseDiff]) -> PatchPlan:
         ids = [i for i in key if i is not None]
         layers = [self.cache.get(i) for i in ids]

@@ -16,10 +16,13 @@ from typer.testing import CliRunner
 from diffs_store.base import base_params
 from diffs_store.compose import composed_state_dict
 from diffs_store.format import parse_diff
+from diffs_store.heads import head_tensors
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.validate import validate_diff_bytes
 from factories import random_diff
+from service.model_host import ModelHost
+from service.patcher import Patcher, PlanCache
 from service_fixtures import WORDS
 from trainer import lt_sft
 from trainer.data.classification import ClassificationExample
@@ -178,11 +181,17 @@ def test_language_diff_exactly_k_frozen_bit_identical_heads_dense_file_valid(bas
     decoder = model.get_output_embeddings().weight
     assert decoder is not model.get_input_embeddings().weight and not decoder.requires_grad
     assert torch.equal(decoder, theta0["bert.embeddings.word_embeddings.weight"])  # untied, frozen at theta0
-    # Heads are dense (full tensors, absolute values), including the frozen decoder for fill-mask.
+    # Heads are dense (full tensors, absolute values); the frozen decoder is theta0's input
+    # embeddings, recorded as such, and the decoder bias is tied to the head bias: not stored.
     state = model.state_dict()
-    assert set(res.diff.dense) == {n for n in state if n.startswith("cls.")}
+    recorded = {"cls.predictions.decoder.weight": "embeddings.word_embeddings.weight"}
+    assert res.diff.meta.head_from_base == recorded
+    assert set(res.diff.dense) == {n for n in state if n.startswith("cls.")} - {*recorded, "cls.predictions.decoder.bias"}
     for name, t in res.diff.dense.items():
         assert torch.equal(t, state[name])
+    payload = res.diff.nnz * 8 + sum(t.numel() * t.element_size() for t in res.diff.dense.values())
+    header = 8 + int.from_bytes(data[:8], "little")
+    assert len(data) - header <= 1.1 * payload  # the sparse part plus the trained head, nothing else
     diff = validate_diff_bytes(data, base.spec)
     meta = diff.meta
     assert (meta.kind, meta.language, meta.task_type) == (DiffKind.LANGUAGE, "en", TaskType.FILL_MASK)
@@ -194,7 +203,17 @@ def test_language_diff_exactly_k_frozen_bit_identical_heads_dense_file_valid(bas
     enc = base.tokenizer(lines(4, seed=3), padding=True, return_tensors="pt")
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(composed(**enc).logits, model(**enc).logits, rtol=0, atol=1e-5)
+        expected = model(**enc).logits
+        torch.testing.assert_close(composed(**enc).logits, expected, rtol=0, atol=1e-5)
+        # The service: the live encoder patched in place; the decoder is theta0's embeddings
+        # whether they come from the pristine copy or are rebuilt from the saved originals.
+        host = ModelHost(base.name)
+        for pristine in (None, {k: v.detach().clone() for k, v in host.params.items()}):
+            patcher = Patcher(host.params, PlanCache(1 << 30), pristine)
+            patcher.activate(("lang", None), lambda _id: diff)
+            served = host.build_task_model(TaskType.FILL_MASK, (), head_tensors(diff, patcher.pristine_tensor))
+            torch.testing.assert_close(served(**enc).logits, expected, rtol=0, atol=1e-5)
+            patcher.restore()
 
 
 def test_without_reimposing_weight_decay_moves_frozen_entries(base, tmp_path, monkeypatch):

@@ -141,7 +141,11 @@ def language_cmd(
     seed: Optional[int] = SEED,
     save_steps: Optional[int] = SAVE_STEPS,
     include_layer_norm: bool = LAYER_NORM,
-    store_decoder: bool = typer.Option(True, "--store-decoder/--no-store-decoder", help="Keep the frozen MLM decoder in the diff (exact fill-mask)."),
+    store_decoder: bool = typer.Option(
+        False, "--store-decoder/--no-store-decoder",
+        help="Store the frozen MLM decoder (vocab x hidden) in the diff. By default it is recorded as the base's "
+        "input embeddings at theta0, which fill-mask reproduces exactly at a fraction of the size.",
+    ),
     push: Optional[str] = PUSH,
     token: Optional[str] = TOKEN,
 ) -> None:

@@ -4,10 +4,12 @@ full metadata, and the trained model (for evaluation and tests).
 
 * Language diff: masked LM on raw lines. The MLM decoder is untied from the input
   embeddings and frozen (reference ``--freeze_decoder``); a base without an MLM head gets a
-  fresh one, trained densely. The dense part carries the whole MLM head *including* the
-  frozen decoder and its bias, so fill-mask on base + diff reproduces the trained model
-  (``store_decoder=False`` drops the vocab x hidden decoder to save space; fill-mask then
-  ties it to the patched input embeddings, an approximation).
+  fresh one, trained densely. The diff stores only the head tensors the base cannot give
+  back (:func:`language_head`): the frozen decoder *is* theta0's input embeddings, so it is
+  recorded as such (``head_from_base``) rather than stored (vocab x hidden: 384 MB for a
+  250k vocabulary), and head tensors still equal to the checkpoint's pretrained head are
+  left to it; fill-mask on base + diff reproduces the trained model exactly either way
+  (``store_decoder=True`` stores the decoder anyway, for tools that read the file alone).
 * Task diff, one source: the source-language diff is applied to theta0 first (through
   ``diffs_store.compose``), so theta_ref = theta0 + language diff and the stored diff is
   relative to it, as in the reference. Only its sparse part is applied: its MLM head plays
@@ -35,6 +37,7 @@ from transformers import PreTrainedModel
 from diffs_store.base import BaseSpec, base_params, load_base_model, load_tokenizer
 from diffs_store.compose import apply_plan, build_patch_plan
 from diffs_store.format import SparseDiff
+from diffs_store.heads import head_layout, pretrained_head
 from diffs_store.metadata import DiffKind, DiffMetadata, TaskType
 from diffs_store.validate import check_against_base
 from trainer import lt_sft
@@ -159,7 +162,7 @@ def train_language_diff(
     out_dir: str | Path,
     dev_lines: Sequence[str] | None = None,
     output: str | Path | None = None,
-    store_decoder: bool = True,
+    store_decoder: bool = False,
     data: dict[str, Any] | None = None,
 ) -> JobResult:
     """LT-SFT masked language modelling on ``lines`` of one language -> a language diff."""
@@ -189,17 +192,45 @@ def train_language_diff(
         base_model=base.spec.name, base_fingerprint=base.spec.fingerprint, nnz=0,
         recipe=_recipe_record(
             recipe, k, n_maskable, objective="masked-lm", mlm_head="fresh" if fresh else "pretrained",
-            decoder="untied from input embeddings, frozen" + ("" if store_decoder else ", not stored"),
+            decoder="untied from input embeddings, frozen" + (", stored" if store_decoder else ", recorded as the base's"),
             data=data or {"train_lines": len(lines)},
         ),
         metrics=metrics,
     )
-    prefix = model.base_model_prefix + "."
-    heads = [n for n in model.state_dict() if not n.startswith(prefix)]
-    if not store_decoder:
-        heads = [n for n in heads if not n.endswith("decoder.weight")]
+    heads, from_base = language_head(model, base, store_decoder=store_decoder)
+    meta = meta.model_copy(update={"head_from_base": from_base})
     diff = lt_sft.extract_diff(model, trainer.reference, result.masks, meta, head_names=heads)
     return JobResult(diff, model, trainer, _save(diff, output, trainer), metrics)
+
+
+def language_head(model: PreTrainedModel, base: "Base", *, store_decoder: bool = False) -> tuple[list[str], dict[str, str]]:
+    """(head tensors a language diff stores, head tensors it records as base parameters).
+
+    Head assembly (:mod:`diffs_store.heads`) gives back, exactly, a tensor tied to another
+    head tensor (the decoder bias), a tensor equal to the checkpoint's pretrained head, and
+    the frozen decoder when it is still theta0's input embeddings (recorded in
+    ``head_from_base``); everything else was trained or is not in the base, and is stored.
+    """
+    layout = head_layout(base.spec, TaskType.FILL_MASK)
+    pretrained = pretrained_head(base.spec, TaskType.FILL_MASK)
+    theta0 = base_params(base.model)
+    state = model.state_dict()
+    prefix = layout.encoder_prefix
+    stored, from_base = [], {}
+    for name in sorted(n for n in state if not n.startswith(prefix)):
+        value = state[name]
+        source = layout.tied.get(name)
+        if source is not None and not source.startswith(prefix) and torch.equal(value, state[source]):
+            continue  # tied to a head tensor the diff stores or the checkpoint has
+        if source is not None and not store_decoder:
+            base_name = source[len(prefix):]
+            if torch.equal(value, theta0[base_name].to(value.dtype)):
+                from_base[name] = base_name
+                continue
+        if name in pretrained and torch.equal(value, pretrained[name].to(value.dtype)):
+            continue
+        stored.append(name)
+    return stored, from_base
 
 
 # -- task diffs --------------------------------------------------------------------------
