@@ -2,7 +2,8 @@
 
 Blobs are the source of truth for *what* exists: each diff file carries its own metadata
 (base fingerprint, kind, language or task, creation time), so the index can be recomputed
-from them. Versions are handed out again in creation order (``created_at``, then id), which
+from them. Versions are handed out again in creation order (``created_at``, which has
+one-second resolution, then the blob file's modification time, i.e. publish order), which
 keeps "latest" the newest diff of each key; version numbers themselves restart at 1, since
 the old numbering (and any retirements) lived only in Redis.
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from diffs_store import errors
 from diffs_store.blobs import LocalBlobStore
 from diffs_store.format import read_metadata
+from diffs_store.redis_connection import ensure_reachable
 from diffs_store.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,17 @@ def rebuild(registry: Registry) -> RebuildReport:
     """Index every readable diff blob that the registry does not know, oldest first."""
     if not isinstance(registry.blobs, LocalBlobStore):  # pragma: no cover - the only store today
         raise errors.RegistryError("rebuilding needs a blob store that can list its blobs")
+    ensure_reachable(registry.redis)  # say so now, not after reading every blob
     report = RebuildReport()
-    order: list[tuple[str, str]] = []
+    order: list[tuple[str, int, str]] = []
     for bid in registry.blobs.ids():
         try:
-            order.append((read_metadata(registry.load_bytes(bid)).created_at, bid))
+            created = read_metadata(registry.load_bytes(bid)).created_at
+            order.append((created, registry.blobs.path(bid).stat().st_mtime_ns, bid))
         except (errors.DiffError, errors.RegistryError) as exc:  # corrupt or not a diff
             report.skipped[bid] = str(exc)
             log.warning("rebuild: skipping blob %s: %s", bid, exc)
-    for _, bid in sorted(order):
+    for *_, bid in sorted(order):
         if registry.exists(bid):
             report.already_indexed.append(bid)
             continue
