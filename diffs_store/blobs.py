@@ -78,7 +78,8 @@ class LocalBlobStore(BlobStore):
     The fan-out keeps directories small (256 of them) when the store holds many diffs.
     Writes go to a temporary file in the target directory, are fsynced, then renamed over
     the final name and the directory is fsynced, so a crash leaves either the whole blob or
-    nothing (plus, at worst, a stray ``.tmp-*`` file that :meth:`ids` ignores).
+    nothing (plus, at worst, a stray ``.tmp-<pid>-*`` file that :meth:`ids` ignores and
+    :meth:`clean_stale_temp` removes at the next start).
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -108,7 +109,7 @@ class LocalBlobStore(BlobStore):
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_dir(self.root)  # make the new fan-out directory's entry durable
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), 0o644)  # mkstemp's 0600 would hide blobs from other users
@@ -144,6 +145,28 @@ class LocalBlobStore(BlobStore):
         # The fan-out directory is left in place even when empty: removing it would race a
         # concurrent put() that has just created it.
 
+    def clean_stale_temp(self) -> list[Path]:
+        """Remove temporary files left by writers that died (kill -9 mid-put); returns them.
+
+        The writer's pid is in the name. A file is stale when that process is gone, or is
+        this process (called at start, before this process has written anything: in a
+        container the server is pid 1 at every start). Names without a pid come from an
+        older version and are stale too.
+        """
+        removed = []
+        for sub in self.root.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.glob(f"{_TMP_PREFIX}*"):
+                if _writer_alive(f.name):
+                    continue
+                try:
+                    f.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(f)
+        return removed
+
     def ids(self) -> Iterator[str]:
         """Every stored blob id (for orphan collection and audits); skips temporary files."""
         for sub in sorted(self.root.iterdir()):
@@ -153,6 +176,20 @@ class LocalBlobStore(BlobStore):
                 bid = sub.name + f.name
                 if not f.name.startswith(_TMP_PREFIX) and _ID_RE.match(bid):
                     yield bid
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that named this temporary file is still running (and not us)."""
+    pid_text = tmp_name[len(_TMP_PREFIX):].split("-", 1)[0]
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,12 +1,14 @@
 """``csft diff ...`` and ``csft merge``: the diff store's command line.
 
 Every failure prints one line on stderr and exits non-zero (1 for a refused diff, 2 for bad
-usage), so scripts can branch on it.
+usage or unreadable input, 3 when the service or Redis cannot be reached), so scripts can
+branch on it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -15,6 +17,8 @@ import typer
 from diffs_store import errors
 
 diff_app = typer.Typer(help="Inspect, validate and import sparse diff files.", no_args_is_help=True)
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -32,10 +36,16 @@ def _read(path: Path) -> bytes:
 def _load_base(name: str):
     from diffs_store.base import load_base_model
 
+    # huggingface_hub logs a warning line per download retry; our one error line says it all.
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         return load_base_model(name)
     except (OSError, ValueError) as exc:
-        fail(f"cannot load base model {name!r}: {str(exc).splitlines()[0]}", 2)
+        fail(f"cannot load base model {name!r}: {str(exc).splitlines()[0]}", EXIT_USAGE)
+    finally:
+        hub_log.setLevel(level)
 
 
 @diff_app.command("inspect")
@@ -129,7 +139,7 @@ def push_diff(path: Path, url: str, token: Optional[str]) -> dict:
             timeout=600,
         )
     except httpx.HTTPError as exc:
-        fail(f"push to {url} failed: {exc}")
+        fail(f"push to {url} failed: {exc}", EXIT_UNREACHABLE)
     if resp.status_code >= 400:
         try:
             detail = resp.json().get("detail", resp.text)

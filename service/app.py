@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api import admin, catalog, health, predict
 from service.config import Settings
@@ -14,10 +15,31 @@ from service.config import Settings
 log = logging.getLogger(__name__)
 
 
-def build_engine(settings: Settings):
+def open_registry(settings: Settings):
+    """The registry the settings name (embedded Redis started if needed), with a blob store
+    cleared of temporary files that writers killed mid-write left behind."""
     from diffs_store.blobs import LocalBlobStore
     from diffs_store.redis_connection import connect
     from diffs_store.registry import Registry
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    blobs = LocalBlobStore(settings.data_dir / "blobs")
+    for path in blobs.clean_stale_temp():
+        log.warning("removed %s, left by a writer that died mid-write", path)
+    return Registry(connect(settings.redis_url, settings.data_dir, settings.redis_timeout_s), blobs)
+
+
+def _rebuild_if_empty(registry) -> None:
+    from diffs_store.rebuild import rebuild_if_empty
+    from service.engine import REGISTRY_DOWN
+
+    try:
+        rebuild_if_empty(registry)
+    except REGISTRY_DOWN as exc:  # Redis down at start: serve what comes, rebuild by hand later
+        log.warning("could not check whether the registry needs a rebuild: %s", exc)
+
+
+def build_engine(settings: Settings):
     from service.engine import Engine
     from service.model_host import ModelHost
 
@@ -25,10 +47,11 @@ def build_engine(settings: Settings):
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry(connect(settings.redis_url, settings.data_dir), LocalBlobStore(settings.data_dir / "blobs"))
+    registry = open_registry(settings)
+    if settings.rebuild_on_start:
+        _rebuild_if_empty(registry)
     host = ModelHost(settings.base_model, settings.resolved_device(), settings.dtype)
-    return Engine(settings, host, registry)
+    return Engine(settings, host, registry, embedded_dir=None if settings.redis_url else settings.data_dir)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,7 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
                 shutdown_embedded(settings.data_dir)
 
-    app = FastAPI(
+    # Swagger UI's assets come from the fastapi-offline package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="Composable sparse fine-tuning server",
         version="0.1.0",
         description="One base model; per request, a language diff and a task diff patched in place and restored exactly.",

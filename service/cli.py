@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -23,6 +24,31 @@ def _setup() -> None:
 
 
 app.command("merge")(merge_cmd)
+
+registry_app = typer.Typer(help="The Redis registry of diffs.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("rebuild")
+def registry_rebuild(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Overrides CSFT_DATA_DIR (the blob store)."),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Overrides REDIS_URL."),
+) -> None:
+    """Re-index every diff in the blob store that Redis does not know (after Redis lost its
+    data), from each diff's own metadata; versions follow creation order. Safe to repeat."""
+    from diffs_store.cli import EXIT_UNREACHABLE, fail
+    from diffs_store.rebuild import rebuild
+    from service.app import open_registry
+    from service.config import Settings
+    from service.engine import REGISTRY_DOWN
+
+    overrides = {k: v for k, v in (("data_dir", data_dir), ("redis_url", redis_url)) if v is not None}
+    settings = Settings(**overrides)
+    try:
+        report = rebuild(open_registry(settings))
+    except REGISTRY_DOWN as exc:
+        fail(f"the registry is unreachable: {str(exc).splitlines()[0]}", EXIT_UNREACHABLE)
+    typer.echo(f"rebuilt the registry from {settings.data_dir / 'blobs'}: {report.summary()}")
 
 
 @app.command("serve")

@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(512, ge=8, description="Token limit per input; longer inputs are refused with 413.")
     max_upload_bytes: int = Field(1024**3, ge=1, description="Largest diff file accepted by the admin upload.")
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets 504.")
+    redis_timeout_s: float = Field(
+        1.0, gt=0, description="Socket connect/read timeout of every Redis call: a hung Redis costs at most this."
+    )
+    registry_poll_ms: float = Field(
+        250.0, gt=0, description="How often a background thread reads the change counter and checks Redis."
+    )
+    upload_timeout_s: float = Field(
+        120.0, gt=0, description="An upload whose body has not fully arrived in this time is refused (408)."
+    )
+    rebuild_on_start: bool = Field(
+        True, description="At start, rebuild the registry from the blob store when Redis holds no diffs but blobs exist."
+    )
 
     @field_validator("admin_token", "redis_url", mode="before")
     @classmethod

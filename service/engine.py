@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import redis
 import torch
@@ -29,6 +31,7 @@ from service.config import Settings
 from service.model_host import ModelHost
 from service.lru import ByteLRU
 from service.patcher import Patcher, PlanCache
+from service.registry_watch import RegistryWatch
 from service.scheduler import Job, Scheduler
 from service.tasks import ADAPTERS, TaskAdapter
 from service.tasks.common import Prepared
@@ -36,7 +39,11 @@ from service.tasks.common import Prepared
 log = logging.getLogger(__name__)
 
 # What "the registry is unreachable" looks like from here.
-REGISTRY_DOWN = (RedisUnavailable, redis.RedisError, OSError)
+REGISTRY_DOWN = (RedisUnavailable, redis.RedisError, OSError, TimeoutError)
+# Redis calls a lookup may make (each bounded by the socket timeout) before it is abandoned.
+_LOOKUP_CALLS = 3
+
+T = TypeVar("T")
 
 
 class UnknownPair(LookupError):
@@ -80,7 +87,9 @@ class Composition:
 
 
 class Engine:
-    def __init__(self, settings: Settings, host: ModelHost, registry: Registry) -> None:
+    def __init__(
+        self, settings: Settings, host: ModelHost, registry: Registry, *, embedded_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         self.host = host
         self.registry = registry
@@ -97,16 +106,26 @@ class Engine:
         self._heads = ByteLRU(settings.head_cache_bytes, size=host.head_nbytes, gauge=metrics.HEAD_CACHE_BYTES)
         self._resolved: dict[tuple[str | None, str | None], Composition] = {}
         self._seen_counter: int | None = None
+        self._generation = 0  # bumped whenever resolved pairs are dropped
         self._lock = threading.Lock()
+        # Registry calls run here, never on the event loop; a few threads, so a hung Redis
+        # ties up at most these while the breaker opens.
+        self._registry_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry")
+        self.watch = RegistryWatch(
+            registry, self._on_counter, poll_s=settings.registry_poll_ms / 1000, embedded_dir=embedded_dir
+        )
         # Test hook: called inside the worker right before each forward pass.
         self.before_forward = None
 
     def start(self) -> None:
+        self.watch.start()
         self.scheduler.start()
 
     def stop(self) -> None:
+        self.watch.stop()
         self.scheduler.stop()
         self.patcher.restore()
+        self._registry_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def fingerprint(self) -> str:
@@ -114,19 +133,42 @@ class Engine:
 
     # -- resolution (request side) ------------------------------------------------------
 
-    def _refresh(self) -> bool:
-        """Drop resolved pairs when the registry's change counter moved. False: registry down."""
-        try:
-            counter = self.registry.change_counter()
-        except REGISTRY_DOWN:
-            return False
+    def _on_counter(self, counter: int) -> None:
+        """Called by the watcher with each counter read: drop resolved pairs when it moved."""
         with self._lock:
             if counter != self._seen_counter:
-                self._resolved.clear()
                 self._seen_counter = counter
-        return True
+                self._drop_resolved()
 
-    def resolve(self, language: str | None, task: str | None) -> Composition:
+    def invalidate(self) -> None:
+        """This process changed the registry: forget resolved pairs now, not at the next poll."""
+        with self._lock:
+            self._drop_resolved()
+
+    def _drop_resolved(self) -> None:
+        self._resolved.clear()
+        self._generation += 1
+
+    async def registry_call(self, fn: Callable[..., T], *args: Any, calls: int = 1) -> T:
+        """Run a registry call off the event loop, bounded in time, behind the breaker.
+
+        ``calls`` is how many Redis round trips ``fn`` may make; the wait is bounded by that
+        many socket timeouts. Raises :class:`RegistryDown` when the breaker is open, on a
+        timeout, or when Redis fails (which opens the breaker).
+        """
+        if not self.watch.up:
+            raise RegistryDown("the registry is unreachable; retry shortly")
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.redis_timeout_s * calls + 0.5
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._registry_pool, fn, *args), timeout)
+        except (*REGISTRY_DOWN, asyncio.TimeoutError):
+            self.watch.record_failure()
+            raise RegistryDown("the registry is unreachable; retry shortly") from None
+
+    async def resolve(self, language: str | None, task: str | None) -> Composition:
+        """The composition for these names: from the resolved pairs without touching Redis,
+        else looked up off the event loop (503 fast while the registry is down)."""
         if language is None and task is None:
             raise Unservable("name a language, a task, or both")
         try:
@@ -135,19 +177,17 @@ class Engine:
         except ValueError as exc:
             raise Unservable(str(exc)) from None
         names = (lang, task_name)
-        up = self._refresh()
         with self._lock:
             cached = self._resolved.get(names)
+            generation = self._generation
         if cached is not None:
             return cached
-        if not up:
+        if not self.watch.up:
             raise RegistryDown("the registry is unreachable and this pair is not cached; retry shortly")
-        try:
-            comp = self._lookup(lang, task_name)
-        except REGISTRY_DOWN:
-            raise RegistryDown("the registry is unreachable; retry shortly") from None
+        comp = await self.registry_call(self._lookup, lang, task_name, calls=_LOOKUP_CALLS)
         with self._lock:
-            self._resolved[names] = comp
+            if generation == self._generation:  # not invalidated while we looked
+                self._resolved[names] = comp
         return comp
 
     def _lookup(self, language: str | None, task: str | None) -> Composition:

@@ -1,8 +1,16 @@
-"""Prometheus metrics, defined once. Exposed at GET /metrics."""
+"""Prometheus metrics, defined once. Exposed at GET /metrics.
+
+Request metrics are labelled with the *registered* language and task a request resolved to,
+never with the raw strings a client sent: those are unbounded, and every new label value is
+a new time series kept forever. Names that did not resolve share one bucket.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+NOT_GIVEN = "-"
+UNRESOLVED = "other"  # a name the registry does not know (or could not be asked about)
 
 REQUESTS = Counter("csft_requests_total", "Predict requests by pair and HTTP status.", ["language", "task", "status"])
 LATENCY = Histogram(
@@ -19,3 +27,11 @@ PLAN_CACHE = Counter("csft_plan_cache_total", "Patch-plan cache lookups.", ["res
 PLAN_CACHE_BYTES = Gauge("csft_plan_cache_bytes", "Bytes held by cached patch plans.")
 HEAD_CACHE_BYTES = Gauge("csft_head_cache_bytes", "Bytes held by cached task heads (tensors not shared with the encoder).")
 SWITCHES = Counter("csft_pair_switches_total", "Times the applied composition changed.")
+REGISTRY_UP = Gauge("csft_registry_up", "1 when the last registry poll succeeded (circuit breaker closed).")
+
+
+def pair_labels(language: str | None, task: str | None, comp=None) -> tuple[str, str]:
+    """Bounded label values: the resolved entries' keys, else one bucket for unknown names."""
+    if comp is not None:
+        return (comp.language.key if comp.language else NOT_GIVEN, comp.task.key if comp.task else NOT_GIVEN)
+    return (UNRESOLVED if language else NOT_GIVEN, UNRESOLVED if task else NOT_GIVEN)

@@ -663,3 +663,16 @@ def test_dockerfile_build_and_runtime_layout(dockerfiles, pyproject, name):
     assert f"--uid {SERVICE_UID}" in " ".join(i.args for i in final if i.cmd == "RUN")
     volumes = [v for i in final if i.cmd == "VOLUME" for v in exec_form(i.args)]
     assert set(volumes) == {DATA_DIR, MODELS_DIR}
+
+
+def test_both_images_pin_the_same_torch_and_transformers():
+    import re as _re
+    from pathlib import Path as _Path
+
+    root = _Path(__file__).resolve().parent.parent / "docker"
+    pins = []
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        text = (root / name).read_text()
+        pins.append({k: _re.search(rf"^ARG {k}=(\S+)$", text, _re.M).group(1) for k in ("TORCH_VERSION", "TRANSFORMERS_VERSION")})
+        assert '"transformers==${TRANSFORMERS_VERSION}"' in text
+    assert pins[0] == pins[1], pins

@@ -70,6 +70,8 @@ def test_outage_serves_cached_pairs_and_recovers(redis_server, tiny_base_dir, ti
         assert first.status_code == 200
 
         redis_server.stop()
+        engine = client.app.state.engine
+        assert engine.watch.wait_until(False, timeout=5)  # the watcher notices within a poll
         assert client.get("/readyz").status_code == 503
         cached = client.post("/v1/predict", json=body)
         assert cached.status_code == 200 and cached.json() == first.json()

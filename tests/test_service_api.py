@@ -187,3 +187,14 @@ def test_embedded_redis_stops_with_the_app(tiny_base_dir, tmp_path):
             return False
 
     assert not [p for p in psutil.process_iter() if serving(p)]
+
+
+def test_docs_work_offline(app_client):
+    """Swagger UI's assets are served by the app itself (fastapi-offline), not a CDN."""
+    html = app_client.get("/docs").text
+    assert "cdn" not in html.lower()
+    js = [part.split('"')[0] for part in html.split('src="')[1:]]
+    assert js and all(u.startswith("/") for u in js)
+    for url in js:
+        r = app_client.get(url)
+        assert r.status_code == 200 and len(r.content) > 10_000

@@ -1,33 +1,42 @@
-"""GET /v1/languages, /v1/tasks, /v1/pairs: what the registry offers for the loaded base."""
+"""GET /v1/languages, /v1/tasks, /v1/pairs: what the registry offers for the loaded base.
+
+Registry reads run off the event loop behind the engine's breaker (Engine.registry_call), so
+a hung Redis costs these routes a bounded wait and never stalls other requests.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException
 
 from service.api.deps import get_engine
-from service.engine import REGISTRY_DOWN, Engine
+from service.engine import Engine, RegistryDown
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
-def _registry_call(fn):
+async def registry_call(engine: Engine, fn: Callable[[], Any], calls: int = 2) -> Any:
+    """``fn()`` through the engine's registry pool; 503 naming the problem when Redis is down."""
     try:
-        return fn()
-    except REGISTRY_DOWN:
-        raise HTTPException(503, "the registry is unreachable; retry shortly") from None
+        return await engine.registry_call(fn, calls=calls)
+    except RegistryDown as exc:
+        raise HTTPException(503, str(exc)) from None
 
 
 @router.get("/languages")
-def languages(engine: Engine = Depends(get_engine)) -> dict:
-    return {"base_fingerprint": engine.fingerprint, "languages": _registry_call(lambda: engine.registry.languages(engine.fingerprint))}
+async def languages(engine: Engine = Depends(get_engine)) -> dict:
+    found = await registry_call(engine, lambda: engine.registry.languages(engine.fingerprint))
+    return {"base_fingerprint": engine.fingerprint, "languages": found}
 
 
 @router.get("/tasks")
-def tasks(engine: Engine = Depends(get_engine)) -> dict:
-    return {"base_fingerprint": engine.fingerprint, "tasks": _registry_call(lambda: engine.registry.tasks(engine.fingerprint))}
+async def tasks(engine: Engine = Depends(get_engine)) -> dict:
+    found = await registry_call(engine, lambda: engine.registry.tasks(engine.fingerprint), calls=8)
+    return {"base_fingerprint": engine.fingerprint, "tasks": found}
 
 
 @router.get("/pairs")
-def pairs(engine: Engine = Depends(get_engine)) -> dict:
-    found = _registry_call(lambda: engine.registry.pairs(engine.fingerprint))
+async def pairs(engine: Engine = Depends(get_engine)) -> dict:
+    found = await registry_call(engine, lambda: engine.registry.pairs(engine.fingerprint))
     return {"base_fingerprint": engine.fingerprint, "pairs": [{"language": l, "task": t} for l, t in found]}

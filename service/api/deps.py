@@ -30,12 +30,16 @@ def require_admin(
 ) -> None:
     """Bearer token check with a constant-time compare; admin is off when no token is set."""
     if settings.admin_token is None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "the admin API is disabled: set CSFT_ADMIN_TOKEN to enable it")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "the admin API is disabled: set CSFT_ADMIN_TOKEN to enable it",
+            headers={"Connection": "close"},
+        )
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "admin routes need 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
+            # Close: an unauthenticated upload's body is never read, so the connection ends here.
+            headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
         )
     expected = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token", headers={"Connection": "close"})

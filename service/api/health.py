@@ -1,4 +1,9 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+All three are ``async`` and touch no I/O: readiness comes from the registry watcher's last
+poll (service.registry_watch), so none of them can queue behind a hung Redis or a busy
+thread pool.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +15,27 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     return {"status": "alive"}
 
 
 @router.get("/readyz")
-def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
         return JSONResponse({"status": "loading", "model": False, "registry": False}, status_code=503)
-    try:
-        registry_ok = bool(engine.registry.ping())
-    except Exception:  # any failure to reach Redis means "not ready", never a 500
-        registry_ok = False
+    registry_ok = engine.watch.up
     body = {"status": "ready" if registry_ok else "registry unreachable", "model": True, "registry": registry_ok,
             "base_model": engine.host.spec.name, "base_fingerprint": engine.fingerprint}
     return JSONResponse(body, status_code=200 if registry_ok else 503)
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
+async def metrics(request: Request) -> Response:
     engine = getattr(request.app.state, "engine", None)
     if engine is not None:
-        from service.metrics import QUEUE_DEPTH
+        from service.metrics import QUEUE_DEPTH, REGISTRY_UP
 
         QUEUE_DEPTH.set(engine.scheduler.depth)
+        REGISTRY_UP.set(1 if engine.watch.up else 0)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -48,7 +48,7 @@ def _chars(raw: Any) -> int:
 @router.post("/predict", response_model=PredictResponse)
 async def predict(body: PredictRequest, engine: Engine = Depends(get_engine)) -> PredictResponse:
     start = time.perf_counter()
-    labels = (body.language or "-", body.task or "-")
+    comp = None
     code = 500
     try:
         limits = engine.settings
@@ -58,7 +58,7 @@ async def predict(body: PredictRequest, engine: Engine = Depends(get_engine)) ->
             if _chars(raw) > limits.max_input_chars:
                 raise HTTPException(413, f"input {i} is {_chars(raw)} characters; the limit is {limits.max_input_chars}")
         try:
-            comp = engine.resolve(body.language, body.task)
+            comp = await engine.resolve(body.language, body.task)
             prepared = engine.prepare(comp, body.inputs)
         except UnknownPair as exc:
             raise HTTPException(404, str(exc)) from None
@@ -86,5 +86,6 @@ async def predict(body: PredictRequest, engine: Engine = Depends(get_engine)) ->
         code = exc.status_code
         raise
     finally:
+        labels = metrics.pair_labels(body.language, body.task, comp)
         metrics.REQUESTS.labels(*labels, str(code)).inc()
         metrics.LATENCY.labels(*labels).observe(time.perf_counter() - start)
