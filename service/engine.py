@@ -141,9 +141,17 @@ class Engine:
                 self._drop_resolved()
 
     def invalidate(self) -> None:
-        """This process changed the registry: forget resolved pairs now, not at the next poll."""
+        """Forget every resolved pair."""
         with self._lock:
             self._drop_resolved()
+
+    async def changed_here(self) -> None:
+        """This process changed the registry: read the new counter now (off the event loop),
+        which drops resolved pairs once, instead of waiting for the next poll. Dropping them
+        without recording the counter would let that poll drop them a second time, and a
+        pair resolved in between would be lost to an outage that starts right after."""
+        if not await asyncio.to_thread(self.watch.poll_once):
+            self.invalidate()
 
     def _drop_resolved(self) -> None:
         self._resolved.clear()

@@ -68,9 +68,10 @@ def test_outage_serves_cached_pairs_and_recovers(redis_server, tiny_base_dir, ti
         body = {"language": "hau", "task": "ner", "inputs": ["john went to lagos"]}
         first = client.post("/v1/predict", json=body)
         assert first.status_code == 200
+        engine = client.app.state.engine
+        engine.watch.poll_once()  # a poll after this process's own uploads must not drop the pair
 
         redis_server.stop()
-        engine = client.app.state.engine
         assert engine.watch.wait_until(False, timeout=5)  # the watcher notices within a poll
         assert client.get("/readyz").status_code == 503
         cached = client.post("/v1/predict", json=body)

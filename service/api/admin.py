@@ -59,7 +59,7 @@ async def upload_diff(request: Request, engine: Engine = Depends(get_engine)) ->
         raise HTTPException(503, "the registry is unreachable; nothing was published") from None
     except OSError as exc:
         raise _storage_error(exc) from None
-    engine.invalidate()
+    await engine.changed_here()
     return entry.to_dict()
 
 
@@ -75,5 +75,5 @@ async def retire_diff(diff_id: str, engine: Engine = Depends(get_engine)) -> dic
         entry = await registry_call(engine, lambda: engine.registry.retire(diff_id), calls=4)
     except errors.NotFound as exc:
         raise HTTPException(404, f"no diff with id {diff_id!r}") from exc
-    engine.invalidate()
+    await engine.changed_here()
     return {"retired": entry.to_dict()}
