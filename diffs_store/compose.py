@@ -119,6 +119,11 @@ def build_layer(params: Params, diff: SparseDiff) -> DiffLayer:
     return DiffLayer(tensors)
 
 
+def layer_nbytes(params: Params, diff: SparseDiff) -> int:
+    """What :func:`build_layer` will hold for ``diff``, without building it."""
+    return sum(len(part) * (8 + 2 * params[name].element_size()) for name, part in diff.sparse.items())
+
+
 def build_overlap(first: DiffLayer, second: DiffLayer, first_diff: SparseDiff, second_diff: SparseDiff) -> Overlap:
     """The entries both diffs touch; the deltas come from the diffs (layers keep only values)."""
     tensors = {}

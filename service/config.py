@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         True, description="Keep an untouched copy of the base (one model's memory) so dense diffs restore by whole-tensor copies."
     )
     plan_cache_bytes: int = Field(2 * 1024**3, ge=0, description="Byte budget of cached patch plans.")
+    prewarm: bool = Field(
+        True, description="Build a diff's patch layer when it is uploaded or announced (off the worker, pristine copy needed)."
+    )
     head_cache_bytes: int = Field(
         1024**3, ge=0, description="Byte budget of cached task heads (an untied MLM decoder counts in full)."
     )

@@ -114,6 +114,10 @@ class Engine:
         self.watch = RegistryWatch(
             registry, self._on_counter, poll_s=settings.registry_poll_ms / 1000, embedded_dir=embedded_dir
         )
+        # Builds layers of newly announced diffs off the worker (see _prewarm): one thread,
+        # and at most one pass queued behind the running one.
+        self._warm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prewarm")
+        self._warm_queued = threading.Event()
         # Test hook: called inside the worker right before each forward pass.
         self.before_forward = None
 
@@ -126,6 +130,7 @@ class Engine:
         self.scheduler.stop()
         self.patcher.restore()
         self._registry_pool.shutdown(wait=False, cancel_futures=True)
+        self._warm_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def fingerprint(self) -> str:
@@ -139,6 +144,7 @@ class Engine:
             if counter != self._seen_counter:
                 self._seen_counter = counter
                 self._drop_resolved()
+                self._schedule_prewarm()
 
     def invalidate(self) -> None:
         """Forget every resolved pair."""
@@ -152,6 +158,44 @@ class Engine:
         pair resolved in between would be lost to an outage that starts right after."""
         if not await asyncio.to_thread(self.watch.poll_once):
             self.invalidate()
+
+    # -- prewarming (cold start) ------------------------------------------------------------
+
+    def _schedule_prewarm(self) -> None:
+        if not (self.settings.prewarm and self.patcher.can_warm()) or self._warm_queued.is_set():
+            return
+        self._warm_queued.set()
+        try:
+            self._warm_pool.submit(self._prewarm)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _prewarm(self) -> int:
+        """Build the layer of every servable diff (the latest version of each language and
+        task of this base) that is not cached yet, while the plan-cache budget allows, so
+        the first request of a pair pays its switch, not the reading, validating and
+        planning of its diffs. Runs on its own thread, from the pristine copy; returns how
+        many layers it built."""
+        self._warm_queued.clear()
+        try:
+            entries = self.registry.list(self.fingerprint)
+        except REGISTRY_DOWN:
+            return 0
+        latest: dict[tuple[DiffKind, str], Entry] = {}
+        for entry in entries:
+            if entry.version > getattr(latest.get((entry.kind, entry.key)), "version", 0):
+                latest[(entry.kind, entry.key)] = entry
+        built = 0
+        for entry in latest.values():
+            if entry.id in self.plans:
+                continue
+            try:
+                built += self.patcher.warm(entry.id, self._load_diff(entry.id))
+            except Exception as exc:  # the request path reports a bad diff; here it just stays cold
+                log.warning("prewarm of %s skipped: %s", entry.id[:12], exc)
+        if built:
+            metrics.PREWARMED.inc(built)
+        return built
 
     def _drop_resolved(self) -> None:
         self._resolved.clear()

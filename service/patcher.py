@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from diffs_store.compose import DiffLayer, Overlap, PatchPlan, build_layer, build_overlap, switch
+from diffs_store.compose import DiffLayer, Overlap, PatchPlan, build_layer, build_overlap, layer_nbytes, switch
 from diffs_store.format import SparseDiff
 from service import metrics
 from service.lru import ByteLRU
@@ -83,6 +83,29 @@ class Patcher:
                 flat.index_copy_(0, layer.tensors[name].indices, layer.tensors[name].original)
         return out
 
+    def _build(self, diff: SparseDiff) -> DiffLayer:
+        """A layer reads theta0 at the diff's indices: from the pristine copy when there is
+        one (no restore, any thread), else from the live base, which the caller restored."""
+        return build_layer(self.pristine if self.pristine is not None else self.params, diff)
+
+    def can_warm(self) -> bool:
+        """Layers can be built off the worker only from the pristine copy (the live weights
+        are the worker's alone)."""
+        return self.pristine is not None
+
+    def warm(self, diff_id: str, diff: SparseDiff) -> bool:
+        """Build and cache ``diff``'s layer ahead of its first request, from any thread.
+
+        Only with the pristine copy, and only while the layer fits in the budget next to
+        what is cached: warming never evicts a layer somebody used. True when it built one.
+        """
+        if not self.can_warm() or diff_id in self.cache:
+            return False
+        if self.cache.bytes + layer_nbytes(self.pristine, diff) > self.cache.max_bytes:
+            return False
+        self.cache.put(diff_id, self._build(diff))
+        return True
+
     def _plan_for(self, key: PairKey, load_diff: Callable[[str], SparseDiff]) -> PatchPlan:
         ids = [i for i in key if i is not None]
         layers = [self.cache.get(i) for i in ids]
@@ -93,8 +116,9 @@ class Patcher:
         metrics.PLAN_CACHE.labels("miss").inc()
         diffs = {i: load_diff(i) for i in ids}
         if any(layer is None for layer in layers):
-            self.restore()  # layers read theta0: build them on the pristine base
-            layers = [layer or build_layer(self.params, diffs[i]) for i, layer in zip(ids, layers)]
+            if self.pristine is None:
+                self.restore()  # layers read theta0: build them on the pristine base
+            layers = [layer or self._build(diffs[i]) for i, layer in zip(ids, layers)]
             for i, layer in zip(ids, layers):
                 self.cache.put(i, layer)
         if len(ids) == 2:

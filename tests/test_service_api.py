@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -198,3 +199,26 @@ def test_docs_work_offline(app_client):
     for url in js:
         r = app_client.get(url)
         assert r.status_code == 200 and len(r.content) > 10_000
+
+
+def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, tiny_diffs, tmp_path):
+    """Prewarming: layers are built off the worker when diffs are announced, so a new
+    pair's first request finds them cached (and answers as it would cold)."""
+    settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", admin_token=TOKEN, device="cpu")
+    with TestClient(create_app(settings)) as client:
+        ids = [upload(client, data).json()["id"] for data in tiny_diffs.values()]
+        engine = client.app.state.engine
+        deadline = time.monotonic() + 20
+        while not all(i in engine.plans for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(i in engine.plans for i in ids)
+        warm = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})
+    cold_settings = settings.model_copy(update={"data_dir": tmp_path / "cold", "prewarm": False})
+    with TestClient(create_app(cold_settings)) as client:
+        for data in tiny_diffs.values():
+            upload(client, data)
+        engine = client.app.state.engine
+        assert len(engine.plans) == 0  # nothing planned ahead when prewarming is off
+        cold = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})
+    assert warm.status_code == cold.status_code == 200
+    assert warm.json()["predictions"] == cold.json()["predictions"]
