@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from service import metrics
 from service.config import Settings
 from service.model_host import ModelHost
 from service.lru import ByteLRU
-from service.patcher import Patcher, PlanCache
+from service.patcher import Patcher, PlanCache, switch_kind
 from service.registry_watch import RegistryWatch
 from service.scheduler import Job, Scheduler
 from service.tasks import ADAPTERS, TaskAdapter
@@ -39,6 +40,8 @@ from service.tasks.common import Prepared
 log = logging.getLogger(__name__)
 
 # What "the registry is unreachable" looks like from here.
+# Planning a diff the first time (read, validate, build) costs several times writing it.
+COLD_FACTOR = 4.0
 REGISTRY_DOWN = (RedisUnavailable, redis.RedisError, OSError, TimeoutError)
 # Redis calls a lookup may make (each bounded by the socket timeout) before it is abandoned.
 _LOOKUP_CALLS = 3
@@ -102,7 +105,9 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_wait=settings.max_wait_ms / 1000,
             switch_after=settings.switch_after_ms / 1000,
+            switch_cost=self._switch_cost,
         )
+        self._nnz: dict[str, int] = {}  # diff id -> entries, for pricing switches to unplanned diffs
         self._heads = ByteLRU(settings.head_cache_bytes, size=host.head_nbytes, gauge=metrics.HEAD_CACHE_BYTES)
         self._resolved: dict[tuple[str | None, str | None], Composition] = {}
         self._seen_counter: int | None = None
@@ -264,6 +269,9 @@ class Engine:
                     f"language {language!r} has no MLM head, so it cannot answer alone; name a task too"
                 )
             task_type = TaskType.FILL_MASK
+        for entry in (lang_entry, task_entry):
+            if entry is not None:
+                self._nnz[entry.id] = entry.nnz
         return Composition(lang_entry, task_entry, task_type)
 
     # -- prediction ------------------------------------------------------------------------
@@ -281,6 +289,16 @@ class Engine:
             raise
 
     # -- worker side -----------------------------------------------------------------------
+
+    def _switch_cost(self, current, target) -> float:
+        """The scheduler's price of a switch: entries written for the diffs that change, a
+        diff not yet planned counting ``COLD_FACTOR`` times (reading, validating, planning)."""
+        changed = {i for i in (current or ()) if i is not None} ^ {i for i in target if i is not None}
+        cost = 0.0
+        for diff_id in changed:
+            layer = self.plans.peek(diff_id)
+            cost += layer.nnz if layer is not None else COLD_FACTOR * self._nnz.get(diff_id, 1)
+        return cost
 
     def _load_diff(self, diff_id: str):
         data = self.registry.load_bytes(diff_id)
@@ -306,10 +324,13 @@ class Engine:
                 return loaded[diff_id]
 
             model = self._head(comp, load_diff)
-            switched = self.patcher.active != key
-            self.patcher.activate(key, load_diff)
-            if switched:
-                metrics.SWITCHES.inc()
+            if self.patcher.active != key:
+                cold = any(i is not None and i not in self.plans for i in key)
+                kind = "cold" if cold else switch_kind(self.patcher.active, key)
+                start = time.perf_counter()
+                self.patcher.activate(key, load_diff)
+                metrics.SWITCHES.labels(kind).inc()
+                metrics.SWITCH_SECONDS.labels(kind).inc(time.perf_counter() - start)
             prepared = [p for job in jobs for p in job.payload[1]]
             results: list[dict] = []
             step = self.settings.max_batch_size

@@ -36,6 +36,12 @@ class ByteLRU:
             self._items.move_to_end(key)
             return entry[0]
 
+    def peek(self, key: Hashable) -> Any:
+        """The item, without making it recent (for cost estimates, not for use)."""
+        with self._lock:
+            entry = self._items.get(key)
+            return None if entry is None else entry[0]
+
     def put(self, key: Hashable, item: Any) -> None:
         """Insert (a key already present is left as is) and evict the least recently used
         entries until within budget."""

@@ -27,7 +27,13 @@ PLAN_CACHE = Counter("csft_plan_cache_total", "Patch-plan cache lookups.", ["res
 PLAN_CACHE_BYTES = Gauge("csft_plan_cache_bytes", "Bytes held by cached patch plans.")
 HEAD_CACHE_BYTES = Gauge("csft_head_cache_bytes", "Bytes held by cached task heads (tensors not shared with the encoder).")
 PREWARMED = Counter("csft_prewarmed_layers_total", "Diff layers built ahead of their first request.")
-SWITCHES = Counter("csft_pair_switches_total", "Times the applied composition changed.")
+SWITCHES = Counter(
+    "csft_pair_switches_total",
+    "Times the applied composition changed, by kind: language or task (one diff changes), pair (both), "
+    "base (from or to the bare base), cold (a diff had to be planned first).",
+    ["kind"],
+)
+SWITCH_SECONDS = Counter("csft_switch_seconds_total", "Worker time spent switching compositions, by kind.", ["kind"])
 REGISTRY_UP = Gauge("csft_registry_up", "1 when the last registry poll succeeded (circuit breaker closed).")
 
 

@@ -33,6 +33,16 @@ class PlanCache(ByteLRU):
         super().__init__(max_bytes, size=lambda item: item.nbytes, gauge=metrics.PLAN_CACHE_BYTES)
 
 
+def switch_kind(current: PairKey | None, target: PairKey) -> str:
+    """What a switch from ``current`` to ``target`` changes: "language", "task", "pair"
+    (both), or "base" (from or to the bare base, or a lone diff)."""
+    cur = current or (None, None)
+    changed = [a != b for a, b in zip(cur, target)]
+    if all(changed):
+        return "base" if None in cur or None in target else "pair"
+    return "language" if changed[0] else "task"
+
+
 class Patcher:
     def __init__(
         self, params: dict[str, torch.Tensor], cache: PlanCache, pristine: dict[str, torch.Tensor] | None = None

@@ -4,11 +4,20 @@ Why a single worker: the live encoder holds exactly one composition at a time, s
 patches must also be the only one running forwards (the PEFT #804 class of bug is two
 requests sharing global adapter state). Requests wait in per-pair FIFO queues.
 
-Choosing the next pair: stay on the applied pair while it has work, unless a request of
-another pair has waited longer than ``switch_after`` seconds; then take the other pair whose
-head request is oldest. Switches stay few under load and no pair starves, even when the
-applied pair's own backlog keeps growing: a waiting pair is served within ``switch_after``
-plus one batch, and under overload the pairs take turns.
+Choosing the next pair (the policy):
+
+1. Stay on the applied pair while it has work and no request of another pair has waited
+   ``switch_after`` seconds: a switch costs more than a small forward, so the worker spends
+   its time on forwards, not on switches.
+2. Bounded waiting: once another pair's head request has waited ``switch_after``, switch.
+   A request that has waited ``2 x switch_after`` (starving) goes first, oldest first, so
+   every request is served within about twice ``switch_after`` plus a few batches, and
+   under overload the pairs take turns.
+3. Otherwise, among the pairs that may go (the overdue ones, or any when the applied pair
+   is idle), take the **cheapest switch** from the applied pair, as ``switch_cost`` prices
+   it (the engine: entries written, a diff not yet planned costs more), the oldest first
+   among equals. So consecutive batches share a diff where they can: only the language or
+   only the task changes, which writes one layer instead of two.
 
 Forming a batch: take queued jobs of that pair up to ``max_batch_size`` inputs, waiting up
 to ``max_wait`` seconds after the first job's arrival for more to come.
@@ -47,9 +56,11 @@ class Scheduler:
         max_batch_size: int = 32,
         max_wait: float = 0.005,
         switch_after: float = 0.05,
+        switch_cost: Callable[[Hashable | None, Hashable], float] | None = None,
     ) -> None:
         self._execute = execute
         self._active_key = active_key
+        self._switch_cost = switch_cost or (lambda current, target: 0.0)
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self.switch_after = switch_after
@@ -84,16 +95,20 @@ class Scheduler:
     # -- worker side ------------------------------------------------------------------------
 
     def _pick_key(self, now: float) -> Hashable:
-        """The applied pair while it has work and nobody else waited ``switch_after``;
-        otherwise the other pair whose head request is oldest."""
+        """The next pair to serve, by the policy in the module docstring."""
         active = self._active_key()
         others = [k for k in self._queues if k != active]
         if not others:
             return active
-        oldest_other = min(others, key=lambda k: self._queues[k][0].enqueued)
-        if active in self._queues and now - self._queues[oldest_other][0].enqueued < self.switch_after:
+        waited = {k: now - self._queues[k][0].enqueued for k in others}
+        oldest = max(others, key=waited.__getitem__)
+        if waited[oldest] >= 2 * self.switch_after:
+            return oldest  # starving: strict age order
+        due = [k for k in others if waited[k] >= self.switch_after]
+        if active in self._queues and not due:
             return active
-        return oldest_other
+        candidates = due or others
+        return min(candidates, key=lambda k: (self._switch_cost(active, k), -waited[k]))
 
     def _take_batch(self) -> tuple[Hashable, list[Job]] | None:
         with self._cond:

@@ -110,3 +110,32 @@ def test_cancelled_jobs_are_skipped_and_failures_reach_only_their_batch():
     assert after.result(5) == ("A", 3)
     assert all(1 not in payloads for _, payloads in rec.batches)
     s.stop()
+
+
+def test_cheapest_switch_first_among_pairs_that_may_go_but_starving_requests_first():
+    """Ordering: with the applied pair idle, the pair whose switch costs least (sharing a
+    diff) goes first even if younger; a request waiting 2 x switch_after goes first."""
+    rec = Recorder()
+    cost = {("L1", "T1"): 0, ("L2", "T1"): 1, ("L3", "T3"): 2}
+    s = Scheduler(rec, lambda: rec.active, max_batch_size=1, max_wait=0, switch_after=0.5,
+                  switch_cost=lambda current, target: cost[target])
+    rec.active = ("L1", "T1")
+    far = s.submit(Job(("L3", "T3"), "far", 1))  # oldest, but a full pair switch
+    time.sleep(0.05)
+    near = s.submit(Job(("L2", "T1"), "near", 1))  # one diff changes
+    s.start()
+    near.result(5), far.result(5)
+    assert [k for k, _ in rec.batches] == [("L2", "T1"), ("L3", "T3")]
+    s.stop()
+
+    rec = Recorder()
+    s = Scheduler(rec, lambda: rec.active, max_batch_size=1, max_wait=0, switch_after=0.05,
+                  switch_cost=lambda current, target: cost[target])
+    rec.active = ("L1", "T1")
+    far = s.submit(Job(("L3", "T3"), "far", 1))
+    time.sleep(0.15)  # now starving (> 2 x switch_after)
+    near = s.submit(Job(("L2", "T1"), "near", 1))
+    s.start()
+    near.result(5), far.result(5)
+    assert [k for k, _ in rec.batches] == [("L3", "T3"), ("L2", "T1")]
+    s.stop()

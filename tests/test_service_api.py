@@ -12,6 +12,7 @@ from diffs_store.metadata import DiffKind
 from factories import random_diff, tiny_base, state_sha
 from service.app import create_app
 from service.config import Settings
+from service.patcher import switch_kind
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,6 +214,11 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
             time.sleep(0.05)
         assert all(i in engine.plans for i in ids)
         warm = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})
+        before = engine.patcher.active
+        assert client.post("/v1/predict", json={"language": "hau", "task": "pos", "inputs": ["mary"]}).status_code == 200
+        assert switch_kind(before, engine.patcher.active) == "language"
+        text = client.get("/metrics").text
+        assert 'csft_pair_switches_total{kind="language"}' in text and 'csft_switch_seconds_total{kind="language"}' in text
     cold_settings = settings.model_copy(update={"data_dir": tmp_path / "cold", "prewarm": False})
     with TestClient(create_app(cold_settings)) as client:
         for data in tiny_diffs.values():
