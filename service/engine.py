@@ -175,12 +175,21 @@ class Engine:
         except RuntimeError:  # shutting down
             pass
 
+    def wait_prewarmed(self, timeout: float) -> bool:
+        """Block until the prewarming passes queued so far are done (benchmarks, tests)."""
+        try:
+            self._warm_pool.submit(lambda: None).result(timeout)
+            return True
+        except Exception:
+            return False
+
     def _prewarm(self) -> int:
-        """Build the layer of every servable diff (the latest version of each language and
-        task of this base) that is not cached yet, while the plan-cache budget allows, so
-        the first request of a pair pays its switch, not the reading, validating and
-        planning of its diffs. Runs on its own thread, from the pristine copy; returns how
-        many layers it built."""
+        """Plan every servable composition of this base ahead of its first request, while
+        the plan-cache budget allows: the layer of each diff (the latest version of each
+        language and task), the head of each task diff (and fill-mask language diff), then
+        the overlap of each (language, task) pair. The first request of a pair then pays
+        its switch, not the reading, validating and planning of its diffs. Runs on its own
+        thread, from the pristine copy; returns how many things it built."""
         self._warm_queued.clear()
         try:
             entries = self.registry.list(self.fingerprint)
@@ -190,14 +199,33 @@ class Engine:
         for entry in entries:
             if entry.version > getattr(latest.get((entry.kind, entry.key)), "version", 0):
                 latest[(entry.kind, entry.key)] = entry
+        diffs: dict[str, Any] = {}  # loaded once for this pass, dropped at its end
+
+        def load(diff_id: str):
+            if diff_id not in diffs:
+                diffs[diff_id] = self._load_diff(diff_id)
+            return diffs[diff_id]
+
         built = 0
         for entry in latest.values():
-            if entry.id in self.plans:
-                continue
             try:
-                built += self.patcher.warm(entry.id, self._load_diff(entry.id))
+                if entry.id not in self.plans:
+                    built += self.patcher.warm(entry.id, load(entry.id))
+                head_type = entry.task_type if entry.kind is DiffKind.TASK else TaskType.FILL_MASK
+                if self._heads.peek(entry.id) is None and (entry.kind is DiffKind.TASK or entry.task_type is TaskType.FILL_MASK):
+                    built += self._heads.put_if_room(entry.id, self._build_head(load(entry.id), head_type))
             except Exception as exc:  # the request path reports a bad diff; here it just stays cold
                 log.warning("prewarm of %s skipped: %s", entry.id[:12], exc)
+        languages = [e for (kind, _), e in latest.items() if kind is DiffKind.LANGUAGE]
+        tasks = [e for (kind, _), e in latest.items() if kind is DiffKind.TASK]
+        for lang in languages:
+            for task in tasks:
+                try:
+                    key = (lang.id, task.id)
+                    if key not in self.plans:
+                        built += self.patcher.warm_overlap(key, (load(lang.id), load(task.id)))
+                except Exception as exc:
+                    log.warning("prewarm of pair %s|%s skipped: %s", lang.key, task.key, exc)
         if built:
             metrics.PREWARMED.inc(built)
         return built
@@ -307,11 +335,15 @@ class Engine:
     def _head(self, comp: Composition, load_diff) -> torch.nn.Module:
         model = self._heads.get(comp.head_id)
         if model is None:
-            diff = load_diff(comp.head_id)
-            head = head_tensors(diff, self.patcher.pristine_tensor)
-            model = self.host.build_task_model(comp.task_type, diff.meta.labels, head)
+            model = self._build_head(load_diff(comp.head_id), comp.task_type)
             self._heads.put(comp.head_id, model)
         return model
+
+    def _build_head(self, diff, task_type: TaskType) -> torch.nn.Module:
+        """The task model around the shared encoder (reads no live weight: safe off the
+        worker when theta0 comes from the pristine copy)."""
+        head = head_tensors(diff, self.patcher.pristine_tensor)
+        return self.host.build_task_model(task_type, diff.meta.labels, head)
 
     def _execute(self, key, jobs: list[Job]) -> None:
         comp: Composition = jobs[0].payload[0]

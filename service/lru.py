@@ -57,6 +57,15 @@ class ByteLRU:
             if self._gauge is not None:
                 self._gauge.set(self.bytes)
 
+    def put_if_room(self, key: Hashable, item: Any) -> bool:
+        """Insert only if it fits next to what is held (for speculative work, such as
+        prewarming, that must never evict what somebody used). True when inserted."""
+        with self._lock:
+            if key in self._items or self.bytes + self._size(item) > self.max_bytes:
+                return False
+        self.put(key, item)
+        return True
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 

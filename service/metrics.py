@@ -26,7 +26,7 @@ PATCH_SECONDS = Histogram(
 PLAN_CACHE = Counter("csft_plan_cache_total", "Patch-plan cache lookups.", ["result"])
 PLAN_CACHE_BYTES = Gauge("csft_plan_cache_bytes", "Bytes held by cached patch plans.")
 HEAD_CACHE_BYTES = Gauge("csft_head_cache_bytes", "Bytes held by cached task heads (tensors not shared with the encoder).")
-PREWARMED = Counter("csft_prewarmed_layers_total", "Diff layers built ahead of their first request.")
+PREWARMED = Counter("csft_prewarmed_total", "Layers, heads and pair overlaps built ahead of their first request.")
 SWITCHES = Counter(
     "csft_pair_switches_total",
     "Times the applied composition changed, by kind: language or task (one diff changes), pair (both), "

@@ -116,6 +116,15 @@ class Patcher:
         self.cache.put(diff_id, self._build(diff))
         return True
 
+    def warm_overlap(self, key: PairKey, diffs: tuple[SparseDiff, SparseDiff]) -> bool:
+        """Build and cache the overlap of a (language, task) pair whose two layers are
+        cached, from any thread (it reads only the layers and the diffs), while the budget
+        allows. True when it built one."""
+        layers = [self.cache.peek(i) for i in key]
+        if key in self.cache or any(layer is None for layer in layers):
+            return False
+        return self.cache.put_if_room(key, build_overlap(layers[0], layers[1], diffs[0], diffs[1]))
+
     def _plan_for(self, key: PairKey, load_diff: Callable[[str], SparseDiff]) -> PatchPlan:
         ids = [i for i in key if i is not None]
         layers = [self.cache.get(i) for i in ids]

@@ -209,10 +209,10 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
     with TestClient(create_app(settings)) as client:
         ids = [upload(client, data).json()["id"] for data in tiny_diffs.values()]
         engine = client.app.state.engine
-        deadline = time.monotonic() + 20
-        while not all(i in engine.plans for i in ids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(i in engine.plans for i in ids)
+        assert engine.wait_prewarmed(60)
+        assert all(i in engine.plans for i in ids)  # every layer
+        assert (ids[2], ids[-1]) in engine.plans  # a (language, task) overlap: yor | qa
+        assert engine._heads.peek(ids[-1]) is not None  # the qa task head
         warm = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})
         before = engine.patcher.active
         assert client.post("/v1/predict", json={"language": "hau", "task": "pos", "inputs": ["mary"]}).status_code == 200
