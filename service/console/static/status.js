@@ -1,0 +1,51 @@
+// Live status from GET /v1/info: what is loaded, plan-cache use, and request and switch
+// rates computed from the server's own counters between two polls.
+
+import { getJSON } from "./api.js";
+import { $, bar, formatBytes, h, shortId } from "./dom.js";
+
+const POLL_MS = 2000;
+let previous = null;
+
+function rate(info, key) {
+  if (!previous) return "…";
+  const seconds = (info.at - previous.at) / 1000;
+  return seconds > 0 ? `${((info[key] - previous[key]) / seconds).toFixed(2)} /s` : "…";
+}
+
+function draw(info) {
+  const cache = info.plan_cache;
+  const used = cache.budget ? cache.bytes / cache.budget : 0;
+  const items = [
+    ["Model", info.base_model],
+    ["Fingerprint", h("code", { title: info.base_fingerprint }, shortId(info.base_fingerprint))],
+    ["Device", info.device],
+    ["dtype", info.dtype],
+    ["Plan cache", h("div", {}, bar(`${formatBytes(cache.bytes)} of ${formatBytes(cache.budget)}`, Math.min(used, 1)),
+      h("span", { class: "muted" }, `${cache.entries} entries`))],
+    ["Requests", h("span", { id: "status-requests" }, `${rate(info, "requests_total")} (${info.requests_total} in all)`)],
+    ["Switches", h("span", { id: "status-switches" }, `${rate(info, "switches_total")} (${info.switches_total} in all)`)],
+    ["Queue", `${info.queue_depth} waiting`],
+    ["Uptime", `${Math.round(info.uptime_s)} s`],
+  ];
+  $("status-list").replaceChildren(...items.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
+  previous = info;
+}
+
+export async function fetchInfo() {
+  const info = await getJSON("v1/info");
+  info.at = performance.now();
+  $("model-line").textContent = `${info.base_model} on ${info.device}, ${info.dtype}`;
+  return info;
+}
+
+/** Poll while the status panel is shown; `visible()` says whether it is. */
+export function startStatus(visible) {
+  const tick = async () => {
+    if (visible() && !document.hidden) {
+      try { draw(await fetchInfo()); } catch (err) { $("model-line").textContent = `status: ${err.message}`; }
+    }
+    setTimeout(tick, POLL_MS);
+  };
+  tick();
+}
