@@ -10,7 +10,7 @@ import os
 import shutil
 
 READY = "body[data-ready='1']"
-TIMEOUT_S = 20
+TIMEOUT_S = 30  # generous: CI shares 2 cores; a passing wait returns at once
 
 
 def missing() -> str | None:

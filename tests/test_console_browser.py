@@ -211,5 +211,9 @@ def test_screenshots(server, driver, tiny_diffs):
     wait(driver, EC.presence_of_element_located((By.ID, "diff-table")))
     driver.save_screenshot(str(out / "console-admin.png"))
     open_console(driver, server, "status")
-    wait(driver, EC.text_to_be_present_in_element((By.ID, "status-requests"), "/s"))
+    wait(driver, EC.presence_of_element_located((By.ID, "status-requests")))
+    for i in range(12):  # some traffic across pairs, so the rates between two polls are not zero
+        pair = [("hau", "ner", "john went to kano"), ("swa", "nli", "mary said")][i % 2]
+        httpx.post(f"{server}/v1/predict", json={"language": pair[0], "task": pair[1], "inputs": [pair[2]]})
+    wait(driver, lambda d: not d.find_element(By.ID, "status-switches").text.startswith(("0.00", "…")))
     driver.save_screenshot(str(out / "console-status.png"))

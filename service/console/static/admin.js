@@ -4,7 +4,7 @@
 
 import { adminToken, getJSON, request, uploadDiff } from "./api.js";
 import { languageName, refresh } from "./catalog.js";
-import { $, formatBytes, h, say, shortId } from "./dom.js";
+import { $, formatBytes, h, say, shortId, when } from "./dom.js";
 
 function showInspect(entry) {
   const pre = $("diff-inspect");
@@ -39,11 +39,11 @@ function row(entry) {
   return h("tr", { "data-id": entry.id },
     h("td", {}, entry.kind), h("td", {}, key), h("td", {}, `v${entry.version}`),
     h("td", {}, entry.task_type || ""), h("td", { class: "num" }, entry.nnz.toLocaleString()),
-    h("td", { class: "num" }, formatBytes(entry.size)), h("td", {}, entry.published_at),
+    h("td", { class: "num" }, formatBytes(entry.size)), h("td", { class: "nowrap", title: entry.published_at }, when(entry.published_at)),
     h("td", {}, h("code", { title: entry.id }, shortId(entry.id))),
-    h("td", { class: "row-actions" },
+    h("td", {}, h("span", { class: "row-actions" },
       h("button", { type: "button", class: "secondary", onclick: () => showInspect(entry) }, "Inspect"),
-      retireButton(entry)));
+      retireButton(entry))));
 }
 
 async function reload() {

@@ -17,9 +17,15 @@ export function h(tag, props = {}, ...children) {
 
 export const $ = (id) => document.getElementById(id);
 
+/** The first 12 hex digits of an id or fingerprint (a "sha256:" prefix is kept). */
 export function shortId(id) {
-  return id ? id.slice(0, 12) : "";
+  if (!id) return "";
+  const prefix = id.startsWith("sha256:") ? "sha256:" : "";
+  return prefix + id.slice(prefix.length, prefix.length + 12);
 }
+
+/** "2026-01-02T03:04:05.678+00:00" -> "2026-01-02 03:04:05" (the server writes UTC). */
+export const when = (iso) => (iso ? `${iso.slice(0, 10)} ${iso.slice(11, 19)}` : "");
 
 export function formatBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -30,13 +36,13 @@ export function formatBytes(n) {
 
 export const score = (x) => x.toFixed(2);
 
-/** A horizontal bar for a value in [0, 1], with its number beside it. */
-export function bar(label, value, strong = false) {
+/** A horizontal bar for a value in [0, 1], with its number (or `shown`) beside it. */
+export function bar(label, value, strong = false, shown = score(value)) {
   return h("div", { class: strong ? "bar-row top" : "bar-row" },
     h("span", { class: "bar-label" }, label),
-    h("span", { class: "bar", role: "img", "aria-label": `${label}: ${score(value)}` },
+    h("span", { class: "bar", role: "img", "aria-label": `${label}: ${shown}` },
       h("span", { class: "bar-fill", style: `width:${(100 * value).toFixed(1)}%` })),
-    h("span", { class: "bar-value" }, score(value)));
+    h("span", { class: "bar-value" }, shown));
 }
 
 /** Show a message in a hidden-by-default element, or hide it when text is empty. */

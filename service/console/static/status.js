@@ -5,12 +5,13 @@ import { getJSON } from "./api.js";
 import { $, bar, formatBytes, h, shortId } from "./dom.js";
 
 const POLL_MS = 2000;
-let previous = null;
+const WINDOW = 5; // rates over the last 5 polls (~10 s): steadier than between two polls
+const samples = [];
 
 function rate(info, key) {
-  if (!previous) return "…";
-  const seconds = (info.at - previous.at) / 1000;
-  return seconds > 0 ? `${((info[key] - previous[key]) / seconds).toFixed(2)} /s` : "…";
+  const oldest = samples[0];
+  const seconds = oldest ? (info.at - oldest.at) / 1000 : 0;
+  return seconds > 0 ? `${((info[key] - oldest[key]) / seconds).toFixed(2)} /s` : "…";
 }
 
 function draw(info) {
@@ -21,7 +22,8 @@ function draw(info) {
     ["Fingerprint", h("code", { title: info.base_fingerprint }, shortId(info.base_fingerprint))],
     ["Device", info.device],
     ["dtype", info.dtype],
-    ["Plan cache", h("div", {}, bar(`${formatBytes(cache.bytes)} of ${formatBytes(cache.budget)}`, Math.min(used, 1)),
+    ["Plan cache", h("div", {}, bar(`${formatBytes(cache.bytes)} of ${formatBytes(cache.budget)}`, Math.min(used, 1), false,
+      `${(100 * used).toFixed(used < 0.1 ? 3 : 1)}%`),
       h("span", { class: "muted" }, `${cache.entries} entries`))],
     ["Requests", h("span", { id: "status-requests" }, `${rate(info, "requests_total")} (${info.requests_total} in all)`)],
     ["Switches", h("span", { id: "status-switches" }, `${rate(info, "switches_total")} (${info.switches_total} in all)`)],
@@ -29,7 +31,8 @@ function draw(info) {
     ["Uptime", `${Math.round(info.uptime_s)} s`],
   ];
   $("status-list").replaceChildren(...items.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
-  previous = info;
+  samples.push(info);
+  if (samples.length > WINDOW) samples.shift();
 }
 
 export async function fetchInfo() {
