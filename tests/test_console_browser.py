@@ -14,6 +14,9 @@ import httpx
 import pytest
 
 import console_browser
+from diffs_store.base import load_base_model
+from diffs_store.metadata import DiffKind
+from factories import random_diff
 from console_browser import open_console, wait
 from service_fixtures import make_base_dir, make_diffs, running_server, upload
 
@@ -35,7 +38,14 @@ def server(tiny_base_dir, tiny_diffs, tmp_path_factory):
     with running_server(tiny_base_dir, tmp_path_factory.mktemp("console-data"), TOKEN, TORCH_THREADS="1") as url:
         for kind, key in PRELOADED:
             assert upload(url, TOKEN, key, tiny_diffs[(kind, key)]).status_code == 201
+        assert upload(url, TOKEN, "wol", headless_language(tiny_base_dir, "wol")).status_code == 201
         yield url
+
+
+def headless_language(base_dir, language: str) -> bytes:
+    """A language diff without an MLM head: it composes with tasks but cannot answer alone."""
+    model, spec = load_base_model(str(base_dir))
+    return random_diff(model, spec, DiffKind.LANGUAGE, language=language, seed=5, density=0.1, with_head=False).to_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +142,21 @@ def test_upload_through_the_page_appears_in_the_matrix(server, driver, tiny_diff
 def test_matrix_marks_pairs_that_cannot_answer(server, driver):
     open_console(driver, server, "matrix")
     wait(driver, EC.presence_of_element_located((By.ID, "matrix-grid")))
-    # no language and no task: nothing to run; every language here has an MLM head
-    row = driver.find_element(CSS, "tr[data-language=''] td:last-child")
-    assert "off" in row.get_attribute("class")
+    # no language and no task: nothing to run; a language without an MLM head cannot run alone
+    for language in ("", "wol"):
+        alone = driver.find_element(CSS, f"tr[data-language='{language}'] td:last-child")
+        assert "off" in alone.get_attribute("class") and not alone.find_elements(CSS, "button")
+    assert driver.find_elements(CSS, "button[data-language=wol][data-task=ner]")
     assert driver.find_elements(CSS, "button[data-language=hau][data-task='']")
+    assert "Wolof (wol)" in driver.find_element(CSS, "tr[data-language=wol] th").text
+
+
+def test_a_pair_that_cannot_answer_is_not_run(server, driver):
+    open_console(driver, server)
+    Select(driver.find_element(By.ID, "try-language")).select_by_value("wol")
+    Select(driver.find_element(By.ID, "try-task")).select_by_value("")
+    assert not driver.find_element(By.ID, "try-run").is_enabled()
+    assert "no MLM head" in driver.find_element(By.ID, "try-hint").text
 
 
 def test_refused_upload_shows_the_servers_reason(server, driver, tmp_path_factory):
