@@ -29,12 +29,15 @@ function fillSelect(select, options, keep) {
   if (options.some(([value]) => value === keep)) select.value = keep;
 }
 
+/** The person's choice once there was one (even "none"); the first entry on first load. */
+const choice = (select, first) => (select.options.length > 1 ? select.value : first ?? "");
+
 function fillPickers({ languages, tasks }) {
   const language = $("try-language"), task = $("try-task");
   fillSelect(language, [["", "none: the task's source language"],
-    ...languages.map((l) => [l.language, languageName(l.language)])], language.value || languages[0]?.language);
+    ...languages.map((l) => [l.language, languageName(l.language)])], choice(language, languages[0]?.language));
   fillSelect(task, [["", "none: fill-mask with the language's MLM head"],
-    ...tasks.map((t) => [t.task, t.task])], task.value || tasks[0]?.task);
+    ...tasks.map((t) => [t.task, t.task])], choice(task, tasks[0]?.task));
   update();
 }
 
