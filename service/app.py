@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service.api import admin, catalog, health, predict
+from service import console
+from service.api import admin, catalog, health, info, predict
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
-    for module in (predict, catalog, admin, health):
+    for module in (predict, catalog, admin, health, info):
         app.include_router(module.router)
+    console.mount(app)
     return app

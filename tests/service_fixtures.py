@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import pytest
 import torch
 from transformers import AutoModel, BertTokenizerFast
 
@@ -53,3 +61,48 @@ def make_diffs(base_dir: Path, languages=LANGUAGES, tasks=TASKS, density: float 
             seed=200 + i, density=density,
         ).to_bytes()
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(base_dir: Path, data_dir: Path, token: str, **settings: str):
+    """A real `csft serve` on a free loopback port, ready when yielded (its URL); ``settings``
+    are CSFT_* variables without the prefix (e.g. MAX_BATCH_SIZE="16")."""
+    port = free_port()
+    env = dict(os.environ, CSFT_BASE_MODEL=str(base_dir), CSFT_DATA_DIR=str(data_dir),
+               CSFT_ADMIN_TOKEN=token, CSFT_DEVICE="cpu", **{f"CSFT_{k}": v for k, v in settings.items()})
+    env.pop("REDIS_URL", None)
+    cli = Path(sys.executable).with_name("csft")
+    proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)  # polling a subprocess's readiness, not synchronising with it
+        else:
+            pytest.fail("server did not become ready")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def upload(url: str, token: str, name: str, data: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/v1/admin/diffs", files={"file": (f"{name}.safetensors", data)},
+                      headers={"Authorization": f"Bearer {token}"})

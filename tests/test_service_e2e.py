@@ -4,13 +4,7 @@ answer must equal the offline-merged model of its pair (the `csft merge` composi
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,48 +15,19 @@ from diffs_store.format import parse_diff
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import TaskType
 from service.tasks import ADAPTERS
-from service_fixtures import LANGUAGES, TASKS, WORDS
+from service_fixtures import LANGUAGES, TASKS, WORDS, running_server, upload
 
 TOKEN = "e2e-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_base_dir, tiny_diffs, tmp_path_factory):
-    port = free_port()
     data_dir = tmp_path_factory.mktemp("serve-data")
-    env = dict(os.environ, CSFT_BASE_MODEL=str(tiny_base_dir), CSFT_DATA_DIR=str(data_dir),
-               CSFT_ADMIN_TOKEN=TOKEN, CSFT_DEVICE="cpu", CSFT_MAX_BATCH_SIZE="16", CSFT_MAX_WAIT_MS="3")
-    env.pop("REDIS_URL", None)
-    cli = Path(sys.executable).with_name("csft")
-    proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready")
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    for (_, key), data in tiny_diffs.items():
-        r = httpx.post(f"{url}/v1/admin/diffs", files={"file": (f"{key}.safetensors", data)}, headers=headers)
-        assert r.status_code == 201, r.text
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    with running_server(tiny_base_dir, data_dir, TOKEN, MAX_BATCH_SIZE="16", MAX_WAIT_MS="3") as url:
+        for (_, key), data in tiny_diffs.items():
+            r = upload(url, TOKEN, key, data)
+            assert r.status_code == 201, r.text
+        yield url
 
 
 def sentence(rng: random.Random) -> str:

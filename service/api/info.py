@@ -1,0 +1,64 @@
+"""GET /v1/info (what is loaded, cache use, counters) and GET /v1/catalog (languages and tasks
+with their latest versions): the two views the web console needs that the other routes lack."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from prometheus_client import Counter
+
+from diffs_store import errors
+from diffs_store.metadata import DiffKind
+from service import metrics
+from service.api.catalog import _registry_call
+from service.api.deps import get_engine
+from service.engine import Engine
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+_STARTED = time.time()
+
+
+def _total(counter: Counter) -> float:
+    """A counter's sum over all its labels: the same number /metrics reports, summed."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+@router.get("/info")
+def info(engine: Engine = Depends(get_engine)) -> dict:
+    host, settings = engine.host, engine.settings
+    return {
+        "base_model": host.spec.name,
+        "base_fingerprint": engine.fingerprint,
+        "device": str(host.device),
+        "dtype": settings.dtype,
+        "mask_token": host.tokenizer.mask_token,
+        "admin_enabled": settings.admin_token is not None,
+        "plan_cache": {"bytes": engine.plans.bytes, "budget": engine.plans.max_bytes, "entries": len(engine.plans)},
+        "queue_depth": engine.scheduler.depth,
+        "requests_total": _total(metrics.REQUESTS),
+        "switches_total": _total(metrics.SWITCHES),
+        "uptime_s": round(time.time() - _STARTED, 1),
+    }
+
+
+def _language_rows(engine: Engine) -> list[dict]:
+    rows = []
+    for language in engine.registry.languages(engine.fingerprint):
+        try:
+            e = engine.registry.resolve(engine.fingerprint, DiffKind.LANGUAGE, language)
+        except errors.NotFound:  # retired between the two reads
+            continue
+        # a language answers alone (fill-mask) only when its diff carries an MLM head
+        rows.append({"language": language, "latest_version": e.version, "id": e.id,
+                     "task_type": e.task_type.value if e.task_type else None})
+    return rows
+
+
+@router.get("/catalog")
+def catalog(engine: Engine = Depends(get_engine)) -> dict:
+    return _registry_call(lambda: {
+        "base_fingerprint": engine.fingerprint,
+        "languages": _language_rows(engine),
+        "tasks": engine.registry.tasks(engine.fingerprint),
+    })

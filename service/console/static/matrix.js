@@ -1,0 +1,44 @@
+// Matrix: every language x task of the loaded base, servable or not, with the versions that
+// would answer; a click on a servable cell opens the pair in the playground.
+
+import { languageName, onCatalog, pairType } from "./catalog.js";
+import { $, h } from "./dom.js";
+
+const ALONE = { task: "", label: "alone (fill-mask)" };
+const SOURCE = { language: "", label: "none (task's source language)" };
+
+function cell(language, task, versions, onTry) {
+  const servable = pairType(language.language, task.task) !== null;
+  if (!servable) {
+    const why = task.task ? "nothing to run" : "no MLM head in this language diff";
+    return h("td", { class: "cell off", title: why }, h("span", { "aria-label": `not servable: ${why}` }, "—"));
+  }
+  const who = `${language.language ? languageName(language.language) : "no language diff"} with ${task.task || "its MLM head"}`;
+  return h("td", { class: "cell on" },
+    h("button", {
+      type: "button", class: "cell-button", "data-language": language.language, "data-task": task.task,
+      "aria-label": `Try ${who}`, onclick: () => onTry(language.language, task.task),
+    }, versions));
+}
+
+const version = (entry) => (entry.latest_version ? `v${entry.latest_version}` : "");
+
+function draw({ languages, tasks }, onTry) {
+  if (!languages.length && !tasks.length) {
+    $("matrix-table").replaceChildren(h("p", { class: "muted" }, "No diffs are deployed for this base yet."));
+    return;
+  }
+  const columns = [...tasks.map((t) => ({ ...t, label: t.task })), ALONE];
+  const rows = [...languages.map((l) => ({ ...l, label: languageName(l.language) })), SOURCE];
+  const head = h("tr", {}, h("th", { scope: "col" }, "language \\ task"),
+    columns.map((t) => h("th", { scope: "col" }, t.label, h("br"),
+      h("span", { class: "muted" }, [t.task_type, version(t)].filter(Boolean).join(" ")))));
+  const body = rows.map((l) => h("tr", { "data-language": l.language },
+    h("th", { scope: "row" }, l.label, " ", h("span", { class: "muted" }, version(l))),
+    columns.map((t) => cell(l, t, [version(l), version(t)].filter(Boolean).join(" + "), onTry))));
+  $("matrix-table").replaceChildren(h("table", { id: "matrix-grid" }, h("thead", {}, head), h("tbody", {}, body)));
+}
+
+export function initMatrix(onTry) {
+  onCatalog((current) => draw(current, onTry));
+}
