@@ -11,7 +11,7 @@ from prometheus_client import Counter
 from diffs_store import errors
 from diffs_store.metadata import DiffKind
 from service import metrics
-from service.api.catalog import _registry_call
+from service.api.catalog import registry_call
 from service.api.deps import get_engine
 from service.engine import Engine
 
@@ -56,9 +56,11 @@ def _language_rows(engine: Engine) -> list[dict]:
 
 
 @router.get("/catalog")
-def catalog(engine: Engine = Depends(get_engine)) -> dict:
-    return _registry_call(lambda: {
+async def catalog(engine: Engine = Depends(get_engine)) -> dict:
+    # Off the event loop, behind the breaker; a few round trips per language, bounded in
+    # total by the time budget of 16 calls (a hung Redis fails the first one).
+    return await registry_call(engine, lambda: {
         "base_fingerprint": engine.fingerprint,
         "languages": _language_rows(engine),
         "tasks": engine.registry.tasks(engine.fingerprint),
-    })
+    }, calls=16)
