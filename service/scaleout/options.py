@@ -61,7 +61,7 @@ class ScaleOutOptions(BaseModel):
         """What a model replica runs with: the given settings plus, unless set, one torch
         thread per reserved CPU (replicas sharing a host must not each take every core)."""
         values = dict(self.settings)
-        if "torch_threads" not in values and self.replica_cpus >= 1:
+        if values.get("torch_threads") is None and self.replica_cpus >= 1:
             values["torch_threads"] = int(self.replica_cpus)
         return Settings(**values)
 
