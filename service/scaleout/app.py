@@ -27,4 +27,6 @@ def build_app(args: dict[str, Any] | ScaleOutOptions | None = None) -> Applicati
         )
     model = PairModel.options(**options.model_deployment_options()).bind(settings_args(settings))
     ingress_settings = settings_args(settings)
-    return Ingress.options(num_replicas=options.ingress_replicas).bind(model, ingress_settings, options.routing)
+    return Ingress.options(
+        num_replicas=options.ingress_replicas, max_ongoing_requests=options.ingress_max_ongoing_requests
+    ).bind(model, ingress_settings, options.routing)

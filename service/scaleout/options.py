@@ -27,6 +27,10 @@ class ScaleOutOptions(BaseModel):
     replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica (also its torch threads).")
     replica_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (1 on a GPU cluster).")
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (HTTP parsing, resolution, uploads).")
+    ingress_max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one ingress replica holds at once; Serve's default (5) starves the model "
+        "replicas' micro-batching and the pair affinity that feeds it.",
+    )
     routing: Literal["affinity", "random"] = Field(
         "affinity", description="affinity: multiplexed by pair; random: Serve's default replica choice (for comparison)."
     )
