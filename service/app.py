@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -55,12 +56,14 @@ def build_engine(settings: Settings):
     return Engine(settings, host, registry, embedded_dir=None if settings.redis_url else settings.data_dir)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, make_engine: Callable[[Settings], object] = build_engine) -> FastAPI:
+    """The HTTP API around an engine. ``make_engine`` is the one seam the Ray Serve ingress
+    (service.scaleout) uses to put a routing engine behind the same routes."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = build_engine(settings)
+        engine = make_engine(settings)
         engine.start()
         app.state.engine = engine
         try:

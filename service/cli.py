@@ -57,18 +57,45 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     log_level: str = typer.Option("info", "--log-level"),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Overrides CSFT_BASE_MODEL."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="Model replicas; 2 or more runs the Ray Serve application."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: start a local one)."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", min=0, help="Autoscaling lower bound (with --max-replicas)."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", min=1, help="Autoscale between the bounds, starting at --replicas."),
+    target_ongoing_requests: float = typer.Option(4.0, "--target-ongoing-requests", help="Autoscaling target per model replica."),
+    replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="CPUs per model replica (also its torch threads)."),
+    replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="GPUs per model replica."),
 ) -> None:
-    """Start the HTTP server (uvicorn). Configuration: CSFT_* environment variables, REDIS_URL."""
+    """Start the HTTP server. One replica: this process (uvicorn). Two or more (or
+    --max-replicas, or --ray-address): the Ray Serve application with pair-affinity
+    routing. Configuration: CSFT_* environment variables, REDIS_URL."""
     import logging
 
-    import uvicorn
-
-    from service.app import create_app
     from service.config import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(**({"base_model": base_model} if base_model else {}))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    if replicas == 1 and max_replicas is None and ray_address is None:
+        import uvicorn
+
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        return
+    from diffs_store.cli import EXIT_USAGE, fail
+
+    try:
+        from service.scaleout.launch import run
+        from service.scaleout.options import ScaleOutOptions
+    except ImportError as exc:
+        fail(f"--replicas needs Ray Serve ({exc.name} is missing): pip install 'composable-sft-serving[ray]'", EXIT_USAGE)
+    try:
+        options = ScaleOutOptions(
+            replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+            target_ongoing_requests=target_ongoing_requests, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+        )
+    except ValueError as exc:
+        fail(f"bad scaling options: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}", EXIT_USAGE)
+    run(settings, options, host, port, ray_address)
 
 
 def main() -> None:

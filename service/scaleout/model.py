@@ -1,0 +1,84 @@
+"""The model deployment: each replica is one ordinary engine (base model, scheduler, patcher,
+plan cache), started exactly as the single-process server starts it.
+
+Serve's model multiplexing sees a *pair* as a model. "Loading" ``hau|ner`` on a replica
+means warming its patch plan and head: an empty job for the pair goes through the
+scheduler, so the one model worker builds and caches the plan (and applies it, which is the
+switch the first real request would have made anyway). Serve then routes the pair's later
+requests to replicas that report it loaded.
+
+Serve's per-replica model LRU is sized by count while the plan cache is bounded by bytes;
+after each load the count follows the byte budget: ``plan_cache_bytes`` over the mean full
+plan bytes of a pair (its two layers and their overlap; shared layers are counted in
+every pair, so the estimate errs towards forgetting a pair the cache still holds rather
+than claiming one it has evicted).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import REGISTRY
+from ray import serve
+
+from service.engine import Composition
+from service.scaleout.pairs import PairReply, parse_pair_id
+
+log = logging.getLogger(__name__)
+
+# Serve's LRU size before the first pair's plan size is known.
+INITIAL_PAIRS = 8
+# Where Serve keeps a replica's multiplexing state (created on the first load).
+_SERVE_MULTIPLEX_ATTR = "__serve_multiplex_wrapper"
+
+
+def switch_count() -> int:
+    """This process's count of applied-composition changes (the engine's counter)."""
+    return int(REGISTRY.get_sample_value("csft_pair_switches_total") or 0)
+
+
+@serve.deployment(name="PairModel")
+class PairModel:
+    def __init__(self, settings_values: dict[str, Any]) -> None:
+        from service.app import build_engine
+        from service.config import Settings
+
+        logging.basicConfig(level=logging.INFO)
+        self.engine = build_engine(Settings(**settings_values))
+        self.engine.start()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._pair_bytes: list[int] = []
+
+    @serve.multiplexed(max_num_models_per_replica=INITIAL_PAIRS)
+    async def load_pair(self, model_id: str) -> str:
+        """Warm ``model_id``'s plan and head on this replica (through the model worker)."""
+        language, task = parse_pair_id(model_id)
+        comp = await self.engine.resolve(language, task)
+        await self.engine.predict(comp, [])
+        self._fit_capacity(comp)
+        return model_id
+
+    async def predict(self, comp: Composition, prepared: list) -> PairReply:
+        """Serve one request of a composition the ingress resolved (its diff ids are what
+        runs, so ingress and replica cannot disagree on versions)."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            await self.load_pair(model_id)
+        predictions = await self.engine.predict(comp, prepared)
+        return PairReply(predictions, self.replica, switch_count())
+
+    def _fit_capacity(self, comp: Composition) -> None:
+        plans = self.engine.plans
+        items = [plans.get(i) for i in comp.key if i is not None]
+        items.append(plans.get(comp.key) if None not in comp.key else None)
+        self._pair_bytes.append(sum(item.nbytes for item in items if item is not None))
+        mean = sum(self._pair_bytes) / len(self._pair_bytes)
+        wrapper = getattr(self, _SERVE_MULTIPLEX_ATTR, None)
+        if wrapper is not None and mean > 0:
+            wrapper.max_num_models_per_replica = max(1, int(plans.max_bytes // mean))
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop()
