@@ -193,6 +193,9 @@ def add_l1_gradient(
     contract and does not depend on how the Trainer scales the loss. ``grad_scale`` is the
     AMP loss scale when gradients are still scaled.
 
+    One buffer the size of the largest tensor serves every tensor: the delta is computed,
+    its absolute values summed in place, then computed again and turned into its sign in
+    place (a second subtraction pass costs less than a second vocabulary-sized buffer).
     ``grad += alpha * sign`` is exact in the same way as ``grad += (sign * alpha)``: the
     product is +-alpha or 0, so the fused multiply-add rounds once, like the plain add.
     """
@@ -200,9 +203,9 @@ def add_l1_gradient(
     scratch = scratch or Scratch()
     distance = 0.0
     for name, p in params.items():
-        d = torch.sub(p.detach(), reference[name], out=scratch.shaped(0, p))
-        sign = torch.sign(d, out=scratch.shaped(1, p))
-        distance += float(d.abs_().sum())
+        buf = scratch.shaped(0, p)
+        distance += float(torch.sub(p.detach(), reference[name], out=buf).abs_().sum())
+        sign = torch.sub(p.detach(), reference[name], out=buf).sign_()
         if p.grad is None:
             p.grad = sign.mul(alpha)
         elif p.grad.dtype == sign.dtype:
