@@ -27,6 +27,13 @@ MBERT = dict(
     vocab_size=119547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
     intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
 )
+# XLM-R's 250,002-token vocabulary on a narrow 4-layer encoder: the language-diff (MLM)
+# training step where the vocabulary-sized tensors (embedding gradient, logits, L1 term)
+# dominate, at a size that runs in seconds per step on this CPU.
+LARGE_VOCAB_BERT = dict(
+    vocab_size=250002, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+    intermediate_size=1024, max_position_embeddings=512, type_vocab_size=1,
+)
 # A ~0.7M-parameter BERT for the 1,000-cycle drift checks (drift is per entry, so size only
 # sets the sample: ~80k touched entries at the paper's densities).
 EXACT_BERT = dict(

@@ -1,182 +1,279 @@
-"""Training step time and peak memory: LT-SFT phase 2 versus full fine-tuning.
+"""Training step time, page faults and peak memory: LT-SFT phases versus full fine-tuning,
+and our per-step code before/after buffer reuse (issue 14), side by side.
 
-Same model (mBERT-sized BertForTokenClassification, 7 labels, random weights, fp32,
-LayerNorm frozen in both as every recipe does), same batch (random token ids, default 8 x 128),
-AdamW (lr 5e-5, weight decay 0), gradient clipping at 1.0 -- the task recipe's settings.
+Two models (``--model``), random weights, fp32, LayerNorm frozen as every recipe does:
 
-Phase 2 uses the trainer package's own mechanics (trainer/lt_sft.py), exactly where
-trainer/hf.py's LtSftTrainer calls them: ``mask_gradients`` after backward (before clipping
-and the step) and ``reimpose_frozen`` after every optimizer step (a step post-hook there),
-with theta_ref snapshotted for every trainable parameter and masks chosen by ``select_mask``
-(global top-K, K = 14,155,776, over random "phase-1" deltas). The loop is written out here
-instead of running the HF Trainer so each part can be timed; the operations are the same.
+* ``mbert-ner`` - mBERT-sized BertForTokenClassification, 7 labels; the task recipe (no L1).
+* ``xlmr-mlm`` - BertForMaskedLM with XLM-R's 250,002-token vocabulary on a narrow 4-layer
+  encoder (hidden 256), decoder untied and frozen, MLM loss on 15% of the positions through
+  ``trainer.models.mlm_loss``; the language recipe (L1 0.1 in both phases).
 
-Each variant runs in its own process (so peak RSS is its own), alternating
-full, lt-sft, full, lt-sft, ...; step times are medians over all timed steps.
+Variants: ``full`` (dense fine-tuning), ``phase1`` (dense + the L1 term; only where the
+recipe has one), ``phase2`` (L1, ``mask_gradients`` after backward, clipping, fused AdamW,
+``reimpose_frozen`` after the step: where trainer/hf.py's LtSftTrainer calls them; theta_ref
+snapshotted, masks from ``select_mask`` over random "phase-1" deltas). Implementations
+(``--impls``): ``new`` is this tree's trainer/lt_sft.py with a reused ``Scratch``;
+``baseline`` is trainer/lt_sft.py as of ``--baseline-rev`` (default ``main``), loaded from
+git, i.e. the code before buffer reuse. Both must end with bit-identical parameters (checked:
+a hash of every parameter). ``--env LABEL:VAR=V,VAR=V`` (repeatable) runs every variant
+again under those environment variables (e.g. glibc malloc or torch allocator settings).
 
-Usage: python bench/train_step.py [--batch 8 --seq 128 --steps 3 --repeats 2]
+Each configuration runs in its own process (so peak RSS and faults are its own); every
+round runs each configuration once, in rotating order. Per step we record time and minor
+page faults (``getrusage``) for each part; medians over all timed steps, ratios as the
+median of per-round ratios.
+
+Usage: python bench/train_step.py [--model xlmr-mlm] [--batch 8 --seq 128 --steps 3 --repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import K_TASK, MBERT, PeakRSS, loadavg, machine_info, median, rss_bytes, table  # noqa: E402
+from common import K_TASK, LARGE_VOCAB_BERT, MBERT, ROOT, PeakRSS, loadavg, machine_info, median, rss_bytes, table  # noqa: E402
 
 MiB = 2**20
+PARTS = ("fwd_bwd", "l1", "mask", "clip_step", "reimpose", "zero_grad")
+K_LANG_NARROW = 13 * 256**2  # the language K rule (13 x hidden^2) at hidden 256
+L1_LANGUAGE = 0.1
 
 
-def child(variant: str, batch: int, seq: int, steps: int, k: int) -> dict:
-    from transformers import BertConfig, BertForTokenClassification
-
+def load_lt_sft(impl: str, rev: str) -> ModuleType:
+    """This tree's trainer.lt_sft, or the file as of git ``rev`` as a separate module."""
     from trainer import lt_sft
 
+    if impl == "new":
+        return lt_sft
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:trainer/lt_sft.py"], capture_output=True,
+                            text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader("lt_sft_baseline", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, f"{rev}:trainer/lt_sft.py", "exec"), module.__dict__)
+    return module
+
+
+def build(model_name: str, batch: int, seq: int):
+    """(model, inputs, loss function, L1 coefficient of the recipe) for one benchmark model."""
+    from transformers import BertConfig, BertForMaskedLM, BertForTokenClassification
+
+    from trainer.models import mlm_loss, untie_and_freeze_decoder
+
     torch.manual_seed(0)
-    model = BertForTokenClassification(BertConfig(**MBERT, num_labels=7)).train()
-    lt_sft.freeze_layer_norms(model)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    maskable = lt_sft.maskable_parameters(model)
     gen = torch.Generator().manual_seed(1)
-    inputs = {
-        "input_ids": torch.randint(1000, MBERT["vocab_size"], (batch, seq), generator=gen),
-        "attention_mask": torch.ones(batch, seq, dtype=torch.long),
-        "labels": torch.randint(0, 7, (batch, seq), generator=gen),
-    }
-    out = {"variant": variant, "trainable": sum(p.numel() for p in trainable.values()),
-           "maskable": sum(p.numel() for p in maskable.values())}
-    masks = reference = None
-    if variant == "lt-sft":
-        reference = lt_sft.snapshot(trainable)  # theta_ref, as LtSftTrainer keeps it
+    if model_name == "mbert-ner":
+        model = BertForTokenClassification(BertConfig(**MBERT, num_labels=7)).train()
+        ids = torch.randint(1000, MBERT["vocab_size"], (batch, seq), generator=gen)
+        labels = torch.randint(0, 7, (batch, seq), generator=gen)
+        return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, \
+            (lambda m, x: m(**x).loss), 0.0
+    model = BertForMaskedLM(BertConfig(**LARGE_VOCAB_BERT)).train()
+    untie_and_freeze_decoder(model)
+    ids = torch.randint(1000, LARGE_VOCAB_BERT["vocab_size"], (batch, seq), generator=gen)
+    labels = torch.where(torch.rand(batch, seq, generator=gen) < 0.15, ids, torch.full_like(ids, -100))
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}, mlm_loss, L1_LANGUAGE
+
+
+def faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def params_hash(model) -> str:
+    """sha256 over every parameter's bytes: equal hashes mean bit-identical weights."""
+    h = hashlib.sha256()
+    for _, p in sorted(model.named_parameters()):
+        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps: int, k: int, rev: str) -> dict:
+    lt = load_lt_sft(impl, rev)
+    model, inputs, loss_fn, l1 = build(model_name, batch, seq)
+    lt.freeze_layer_norms(model)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    maskable = lt.maskable_parameters(model)
+    n_total = sum(p.numel() for p in model.parameters())
+    l1 = l1 if variant != "full" else 0.0
+    out = {"model": model_name, "variant": variant, "impl": impl, "trainable": sum(p.numel() for p in trainable.values()),
+           "maskable": sum(p.numel() for p in maskable.values()), "l1": l1}
+    extras = {"scratch": lt.Scratch()} if hasattr(lt, "Scratch") else {}
+    reference = lt.snapshot(trainable) if variant != "full" else None  # theta_ref, as LtSftTrainer keeps it
+    masks = selected = None
+    if variant == "phase2":
         start = time.perf_counter()
         fake_phase1 = {n: p.detach() + torch.randn_like(p) * 1e-3 for n, p in maskable.items()}
-        masks = lt_sft.select_mask(fake_phase1, {n: reference[n] for n in maskable}, k)
+        masks = lt.select_mask(fake_phase1, {n: reference[n] for n in maskable}, k)
         del fake_phase1
         out["select_mask_s"] = time.perf_counter() - start
         out["k"] = int(sum(int(m.sum()) for m in masks.values()))
-        # What mask_gradients / reimpose_frozen take: per-tensor selected indices in the
-        # current trainer (LtSftTrainer keeps both the bool masks and these); older versions
-        # took the bool masks themselves.
-        selected = lt_sft.selected_indices(masks) if hasattr(lt_sft, "selected_indices") else masks
-        out["phase2_arg"] = "selected indices" if selected is not masks else "bool masks"
-    optimizer = torch.optim.AdamW(trainable.values(), lr=5e-5, weight_decay=0.0)
+        selected = lt.selected_indices(masks)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=5e-5, weight_decay=0.0, fused=True)  # adamw_torch_fused
+    actions = {
+        "fwd_bwd": lambda: loss_fn(model, inputs).backward(),
+        "l1": (lambda: lt.add_l1_gradient(trainable, reference, l1, n_total, 1.0, **extras)) if l1 else None,
+        "mask": (lambda: lt.mask_gradients(maskable, selected, **extras)) if masks is not None else None,
+        "clip_step": lambda: (torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0), optimizer.step()),
+        "reimpose": (lambda: lt.reimpose_frozen(maskable, selected, reference, **extras)) if masks is not None else None,
+        "zero_grad": lambda: optimizer.zero_grad(set_to_none=True),
+    }
+    times = {key: [] for key in (*PARTS, "total")}
+    flts = {key: [] for key in (*PARTS, "total")}
     base_rss = rss_bytes()
-    parts = {"fwd_bwd": [], "mask": [], "clip_step": [], "reimpose": [], "total": []}
     with PeakRSS(0.01) as peak:
         for i in range(steps + 1):  # step 0 allocates AdamW state: warm-up, not timed
-            t0 = time.perf_counter()
-            loss = model(**inputs).loss
-            loss.backward()
-            t1 = time.perf_counter()
-            if masks is not None:
-                lt_sft.mask_gradients(maskable, selected)
-            t2 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
-            optimizer.step()
-            t3 = time.perf_counter()
-            if masks is not None:
-                lt_sft.reimpose_frozen(maskable, selected, reference)
-            t4 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
+            step_t, step_f = time.perf_counter(), faults()
+            for key in PARTS:
+                t, f = time.perf_counter(), faults()
+                if actions[key] is not None:
+                    actions[key]()
+                if i:
+                    times[key].append(time.perf_counter() - t)
+                    flts[key].append(faults() - f)
             if i:
-                for key, v in (("fwd_bwd", t1 - t0), ("mask", t2 - t1), ("clip_step", t3 - t2),
-                               ("reimpose", t4 - t3), ("total", t4 - t0)):
-                    parts[key].append(v)
-    out.update({key: v for key, v in parts.items()})
-    out["base_rss_mib"] = base_rss / MiB
-    out["peak_rss_mib"] = peak.peak / MiB
-    out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if masks is not None:
-        # Frozen entries must be exactly theta_ref after the steps.
+                times["total"].append(time.perf_counter() - step_t)
+                flts["total"].append(faults() - step_f)
+    out.update(times=times, faults=flts, base_rss_mib=base_rss / MiB, peak_rss_mib=peak.peak / MiB,
+               maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, params_hash=params_hash(model))
+    if masks is not None:  # frozen entries must be exactly theta_ref after the steps
         out["frozen_exact"] = all(
             bool(torch.equal(p.detach()[~masks[n]], reference[n][~masks[n]])) for n, p in maskable.items())
-        out["changed_entries"] = int(sum(int((p.detach() != reference[n]).sum()) for n, p in maskable.items()))
-        # Alternative re-impose with the same result, for comparison: one where() pass in place.
-        with torch.no_grad():
-            start = time.perf_counter()
-            for n, m in masks.items():
-                p = maskable[n]
-                torch.where(m, p, reference[n], out=p)
-            out["reimpose_inplace_s"] = time.perf_counter() - start
-            start = time.perf_counter()
-            lt_sft.reimpose_frozen(maskable, selected, reference)
-            out["reimpose_again_s"] = time.perf_counter() - start
     return out
+
+
+def parse_env(spec: str) -> tuple[str, dict[str, str]]:
+    """``LABEL:VAR=V,VAR=V`` -> (label, variables); ``default`` alone -> no variables."""
+    label, _, assignments = spec.partition(":")
+    return label, dict(a.split("=", 1) for a in assignments.split(",") if a)
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, dict[str, str]]]:
+    """(variant, impl, env label, env) for every process of a round: full once per env (it
+    runs none of lt_sft's step code), the LT-SFT phases once per implementation."""
+    phases = ["phase1", "phase2"] if args.model == "xlmr-mlm" else ["phase2"]
+    out = []
+    for label, env in map(parse_env, args.env or ["default"]):
+        out.append(("full", "new", label, env))
+        out += [(v, impl, label, env) for v in phases for impl in args.impls.split(",")]
+    return out
+
+
+def run_child(args: argparse.Namespace, variant: str, impl: str, env: dict[str, str]) -> dict:
+    cmd = [sys.executable, "-W", "ignore", __file__, "--child", variant, "--impl", impl, "--model", args.model,
+           "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k),
+           "--baseline-rev", args.baseline_rev]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if proc.returncode:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"{variant}/{impl} child failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(args: argparse.Namespace, runs: dict[tuple, list[dict]]) -> None:
+    """Markdown tables: per configuration, then the ratios the issues ask for."""
+    def med(key, series, part):
+        return median([x for res in runs[key] for x in res[series][part]])
+
+    def med1(key, field):
+        return median([res[field] for res in runs[key]])
+
+    def round_ratio(num, den, fn):
+        return median([fn(a) / fn(b) for a, b in zip(runs[num], runs[den])])
+
+    step = lambda res: median(res["times"]["total"])  # noqa: E731
+    peak = lambda res: res["peak_rss_mib"]  # noqa: E731
+    flt = lambda res: median(res["faults"]["total"])  # noqa: E731
+    print(f"\n## Summary: {args.model}, batch {args.batch} x {args.seq}, "
+          f"median of {args.steps * args.repeats} steps per configuration\n")
+    rows = []
+    for key in runs:
+        variant, impl, label = key
+        ours = sum(med(key, "faults", p) for p in ("l1", "mask", "reimpose"))
+        rows.append([label, variant, impl if variant != "full" else "-", f"{med(key, 'times', 'total'):.3f}",
+                     *(f"{med(key, 'times', p):.3f}" for p in PARTS), f"{med(key, 'faults', 'total'):,.0f}",
+                     f"{ours:,.0f}", f"{med1(key, 'base_rss_mib'):.0f}", f"{med1(key, 'peak_rss_mib'):.0f}",
+                     f"{med1(key, 'maxrss_mib'):.0f}"])
+    print(table(["env", "variant", "impl", "step s", *(f"{p} s" for p in PARTS), "minor faults / step",
+                 "of which l1+mask+reimpose", "RSS before, MiB", "peak RSS, MiB", "ru_maxrss, MiB"], rows))
+    print()
+    impls = args.impls.split(",")
+    for key in runs:
+        variant, impl, label = key
+        if variant == "full":
+            continue
+        full = ("full", "new", label)
+        line = (f"- [{label}] {variant} {impl} / full: step time {round_ratio(key, full, step):.2f}x, "
+                f"peak RSS {round_ratio(key, full, peak):.2f}x")
+        if impl != "baseline" and "baseline" in impls:
+            base = (variant, "baseline", label)
+            same = {r["params_hash"] for r in runs[key] + runs[base]}
+            line += (f"; new / baseline: step time {round_ratio(key, base, step):.2f}x, minor faults "
+                     f"{round_ratio(key, base, flt):.2f}x, peak RSS {round_ratio(key, base, peak):.2f}x, "
+                     f"parameters bit-identical: {len(same) == 1}")
+        print(line)
+    labels = list(dict.fromkeys(label for _, _, label in runs))
+    for label in labels[1:]:  # an env against the first (default) one, same variant and impl
+        for variant, impl, lab in runs:
+            if lab == label:
+                ref = (variant, impl, labels[0])
+                print(f"- {label} / {labels[0]}, {variant} {impl}: step time "
+                      f"{round_ratio((variant, impl, label), ref, step):.2f}x, minor faults "
+                      f"{round_ratio((variant, impl, label), ref, flt):.3f}x, peak RSS "
+                      f"{round_ratio((variant, impl, label), ref, peak):.2f}x")
+    frozen = [r["frozen_exact"] for rs in runs.values() for r in rs if "frozen_exact" in r]
+    print(f"\nfrozen entries bit-identical to theta_ref after the steps: {all(frozen)}")
+    print(f"loadavg at end: {loadavg()}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=["mbert-ner", "xlmr-mlm"], default="mbert-ner")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per process (after one warm-up step)")
-    ap.add_argument("--repeats", type=int, default=2, help="processes per variant, alternating")
-    ap.add_argument("--k", type=int, default=K_TASK)
-    ap.add_argument("--child", choices=["full", "lt-sft"])
+    ap.add_argument("--repeats", type=int, default=2, help="rounds; each runs every configuration once")
+    ap.add_argument("--k", type=int, default=None, help="default: 24 x 768^2 (mbert-ner), 13 x 256^2 (xlmr-mlm)")
+    ap.add_argument("--impls", default="baseline,new", help="comma-separated: baseline (lt_sft at --baseline-rev), new")
+    ap.add_argument("--baseline-rev", default="main")
+    ap.add_argument("--env", action="append", help="LABEL:VAR=V,VAR=V - run every variant under these too (repeatable)")
+    ap.add_argument("--child", choices=["full", "phase1", "phase2"])
+    ap.add_argument("--impl", default="new")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    args.k = args.k or (K_TASK if args.model == "mbert-ner" else K_LANG_NARROW)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.seq, args.steps, args.k)), flush=True)
+        res = child(args.model, args.child, args.impl, args.batch, args.seq, args.steps, args.k, args.baseline_rev)
+        print(json.dumps(res), flush=True)
         return
 
     print(machine_info(), flush=True)
-    print(f"batch {args.batch} x seq {args.seq}; {args.steps} timed steps per process; {args.repeats} processes per variant",
-          flush=True)
-    results = {"full": [], "lt-sft": []}
+    configs = configurations(args)
+    print(f"{args.model}: batch {args.batch} x seq {args.seq}; {args.steps} timed steps per process; "
+          f"{args.repeats} rounds of {len(configs)} processes; K {args.k:,}", flush=True)
+    runs: dict[tuple, list[dict]] = {(v, i, label): [] for v, i, label, _ in configs}
     for r in range(args.repeats):
-        for variant in ("full", "lt-sft"):
-            cmd = [sys.executable, "-W", "ignore", __file__, "--child", variant, "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k)]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                print(proc.stderr[-3000:])
-                raise SystemExit(f"{variant} child failed")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"[raw] {json.dumps(res)}", flush=True)
+        shift = r % len(configs)
+        for variant, impl, label, env in configs[shift:] + configs[:shift]:
+            res = run_child(args, variant, impl, env)
+            print(f"[raw] {label} {json.dumps(res)}", flush=True)
             print(f"  loadavg {loadavg()}", flush=True)
-            results[variant].append(res)
-
-    def med(variant, key):
-        return median([x for res in results[variant] for x in res[key]])
-
-    def med1(variant, key):
-        return median([res[key] for res in results[variant]])
-
-    print("\n## Summary: one training step, mBERT-sized token classification, "
-          f"batch {args.batch} x {args.seq} (median of {args.steps * args.repeats} steps)\n")
-    rows = []
-    for v in ("full", "lt-sft"):
-        rows.append([v, f"{med(v, 'total'):.2f}", f"{med(v, 'fwd_bwd'):.2f}", f"{med(v, 'mask'):.3f}",
-                     f"{med(v, 'clip_step'):.2f}", f"{med(v, 'reimpose'):.3f}",
-                     f"{med1(v, 'base_rss_mib'):.0f}", f"{med1(v, 'peak_rss_mib'):.0f}", f"{med1(v, 'maxrss_mib'):.0f}"])
-    print(table(["variant", "step s", "fwd+bwd s", "mask grads s", "clip+AdamW s", "re-impose s",
-                 "RSS before steps, MiB", "peak RSS in steps, MiB", "ru_maxrss, MiB"], rows))
-    t_ratio = med("lt-sft", "total") / med("full", "total")
-    m_ratio = med1("lt-sft", "peak_rss_mib") / med1("full", "peak_rss_mib")
-    lt = results["lt-sft"]
-    print(f"\nLT-SFT phase 2 / full: step time {t_ratio:.2f}x, peak RSS {m_ratio:.2f}x "
-          f"(+{med1('lt-sft', 'peak_rss_mib') - med1('full', 'peak_rss_mib'):.0f} MiB: theta_ref copy, bool masks, "
-          "selected indices, index_select temporaries)")
-    print(f"phase-2 overhead per step: mask {med('lt-sft', 'mask'):.3f} s + re-impose {med('lt-sft', 'reimpose'):.3f} s; "
-          f"alternative re-impose torch.where(mask, p, ref, out=p): {med1('lt-sft', 'reimpose_inplace_s'):.3f} s "
-          f"(same result; lt_sft.reimpose_frozen measured again right after it: {med1('lt-sft', 'reimpose_again_s'):.3f} s); "
-          f"phase-2 functions take {lt[0]['phase2_arg']}")
-    print(f"select_mask (global top-K over {lt[0]['maskable']:,} entries, one-off per run): "
-          f"{med1('lt-sft', 'select_mask_s'):.1f} s; K selected {lt[0]['k']:,}")
-    print(f"frozen entries bit-identical to theta_ref after the steps: {all(x['frozen_exact'] for x in lt)}; "
-          f"entries changed: {lt[0]['changed_entries']:,} (<= K)")
-    print(f"loadavg at end: {loadavg()}")
+            runs[(variant, impl, label)].append(res)
+    summarise(args, runs)
 
 
 if __name__ == "__main__":

@@ -318,7 +318,10 @@ def eval_cmd(
     text_field: str = TEXT_FIELD,
     pair_field: str = PAIR_FIELD,
     label_field: str = LABEL_FIELD,
-    max_examples: Optional[int] = MAX_EXAMPLES,
+    max_examples: Optional[int] = typer.Option(
+        None, "--max-examples", help="Score a seeded random subset of this many examples (not the first N)."
+    ),
+    subset_seed: int = typer.Option(42, "--subset-seed", help="Seed of the --max-examples subset (printed with the scores)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     max_seq_len: int = typer.Option(512, "--max-seq-len"),
 ) -> None:
@@ -326,18 +329,19 @@ def eval_cmd(
     the scores on a labelled file as JSON: entity P/R/F1 (BIO tags, seqeval), accuracy, or
     SQuAD EM/F1."""
     from diffs_store.format import read_metadata
-    from trainer.evaluate import evaluate_composition
+    from trainer.evaluate import evaluate_composition, sample_subset
 
     meta = _run(lambda: read_metadata(task_diff.read_bytes()))
     if meta.kind.value != "task":
         fail(f"{task_diff} is a {meta.kind.value} diff, given as --task-diff", 2)
     opts = dict(token_column=token_column, tag_column=tag_column, conllu_column=conllu_column,
                 text_field=text_field, pair_field=pair_field, label_field=label_field)
-    examples = _run(read_task_data, data, meta.task_type.value, fmt, opts)[:max_examples]
+    examples = sample_subset(_run(read_task_data, data, meta.task_type.value, fmt, opts), max_examples, subset_seed)
     b = _load_base(base)
     paths = [p for p in (language_diff, task_diff) if p is not None]
     kw = {"batch_size": batch_size} if meta.task_type.value == "question-answering" else {"batch_size": batch_size, "max_len": max_seq_len}
     scores = _run(evaluate_composition, base, paths, examples, base=b.model, spec=b.spec, tokenizer=b.tokenizer, **kw)
-    typer.echo(json.dumps({"examples": len(examples), **{k: round(v, 6) for k, v in scores.items()}}))
+    subset = {"subset_seed": subset_seed} if max_examples is not None else {}
+    typer.echo(json.dumps({"examples": len(examples), **subset, **{k: round(v, 6) for k, v in scores.items()}}))
 
 

@@ -89,6 +89,7 @@ class LtSftTrainer(Trainer):
         self.l1_coefficient = 0.0
         self.l1_last = 0.0
         self._l1_due = False
+        self._scratch = lt_sft.Scratch()  # per-step buffers, reused (see lt_sft's docstring)
         self.add_callback(_StepBegin(self))
 
     @property
@@ -119,10 +120,10 @@ class LtSftTrainer(Trainer):
             scaler = getattr(self.accelerator, "scaler", None)
             scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
             coefficient = self.l1_coefficient * self.args.gradient_accumulation_steps
-            distance = lt_sft.add_l1_gradient(targets, self.reference, coefficient, self.n_total, scale)
+            distance = lt_sft.add_l1_gradient(targets, self.reference, coefficient, self.n_total, scale, self._scratch)
             self.l1_last = coefficient * distance / self.n_total
         if self.masks is not None:
-            lt_sft.mask_gradients(self.maskable, self._selected)
+            lt_sft.mask_gradients(self.maskable, self._selected, self._scratch)
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -145,7 +146,7 @@ class LtSftTrainer(Trainer):
 
     def _after_optimizer_step(self) -> None:
         if self.masks is not None:
-            lt_sft.reimpose_frozen(self.maskable, self._selected, self.reference)
+            lt_sft.reimpose_frozen(self.maskable, self._selected, self.reference, self._scratch)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.l1_coefficient and "loss" in logs:

@@ -10,7 +10,9 @@
    as many optimizer steps as the task diff's two phases together.
 4. Zero-shot entity F1 (seqeval) on each target's test set for (a) base + task diff,
    (b) base + target language diff + task diff, (c) the fully fine-tuned model. Diffs are
-   read back from their files, validated and composed with the service's code.
+   read back from their files, validated and composed with the service's code. Each row
+   also reports (b) - (a) with a paired bootstrap 95% interval over the test sentences;
+   ``--eval-max`` takes a seeded random subset (``--eval-seed``), never the first N.
 
 Everything is scaled to run in about half an hour on 2 CPU cores: subsets, short
 sequences, few steps (see the options; RESULTS.md states the values used). Stages whose
@@ -29,7 +31,7 @@ import torch
 
 from diffs_store.metadata import TaskType
 from trainer.data import read_conll, read_lines
-from trainer.evaluate import evaluate_composition, evaluate_model
+from trainer.evaluate import SUBSET_SEED, composed_model, paired_bootstrap_f1, predict_tags, sample_subset, tagging_scores
 from trainer.jobs import Base, Source, file_info, train_full_model, train_language_diff, train_task_diff
 from trainer.recipe import PhaseLength, default_k, language_recipe, task_recipe
 
@@ -54,8 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k-lang", type=int, default=None, help="Default: 13 x hidden^2 (reference shape).")
     p.add_argument("--k-task", type=int, default=None, help="Default: 24 x hidden^2 (reference shape).")
     p.add_argument("--dev-examples", type=int, default=300)
-    p.add_argument("--eval-max", type=int, default=None, help="Test sentences per target (default: all).")
-    p.add_argument("--en-eval-max", type=int, default=500, help="English test sentences (a sanity row).")
+    p.add_argument("--eval-max", type=int, default=None, help="Test sentences per target, a seeded random subset (default: all).")
+    p.add_argument("--en-eval-max", type=int, default=500, help="English test sentences, a seeded random subset (a sanity row).")
+    p.add_argument("--eval-seed", type=int, default=SUBSET_SEED, help="Seed of the test subsets and of the bootstrap.")
+    p.add_argument("--bootstrap", type=int, default=1000, help="Paired bootstrap resamples for (b) - (a).")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
@@ -143,21 +147,22 @@ def main(argv=None) -> dict:
 
     results: dict[str, dict] = {}
     began = time.time()
-    eval_sets = {"en": read_conll(args.data / "ner/en/test.txt")[: args.en_eval_max]}
-    eval_sets.update({t: read_conll(args.data / f"ner/{t}/test.txt")[: args.eval_max] for t in targets})
-    common = dict(base=base.model, spec=base.spec, tokenizer=base.tokenizer, batch_size=64, max_len=256)
-    for lang, test in eval_sets.items():
-        row = {"sentences": len(test)}
-        row["task_only"] = evaluate_composition(args.base, [task_file], test, **common)["f1"]
-        row["task_plus_lang"] = evaluate_composition(args.base, [lang_files[lang], task_file], test, **common)["f1"]
-        row["full_ft"] = evaluate_model(full_model, base.tokenizer, TaskType.TOKEN_CLASSIFICATION, test, batch_size=64, max_len=256)["f1"]
-        results[lang] = row
-        print(lang, json.dumps(row), flush=True)
+    tests = {"en": (args.data / "ner/en/test.txt", args.en_eval_max)}
+    tests.update({t: (args.data / f"ner/{t}/test.txt", args.eval_max) for t in targets})
+    predict = dict(tokenizer=base.tokenizer, batch_size=64, max_len=256)
+    for lang, (path, n) in tests.items():
+        test = sample_subset(read_conll(path), n, args.eval_seed)
+        task_only = composed_model(base.model, base.spec, [task_file])[0]
+        with_lang = composed_model(base.model, base.spec, [lang_files[lang], task_file])[0]
+        results[lang] = score_row(test, task_only, with_lang, full_model, predict, args)
+        print(lang, json.dumps(results[lang]), flush=True)
     clock.stage("evaluation", began)
 
     summary = {
         "base": args.base, "k_lang": k_lang, "k_task": k_task, "args": {k: str(v) for k, v in vars(args).items()},
         "full_ft": full_metrics, "results": results, "timings_s": clock.stages,
+        "evaluation": {"subset": "seeded random subset" if args.eval_max is not None else "all test sentences",
+                       "subset_seed": args.eval_seed, "bootstrap_resamples": args.bootstrap, "bootstrap_seed": args.eval_seed},
         "total_s": round(time.time() - clock.start, 1), "torch_threads": torch.get_num_threads(),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
@@ -165,11 +170,30 @@ def main(argv=None) -> dict:
     return summary
 
 
+def score_row(test: list, task_only, with_lang, full_model, predict: dict, args: argparse.Namespace) -> dict:
+    """Entity F1 of (a), (b), (c) on one test set and (b) - (a) with its paired bootstrap
+    interval (same sentences, same resamples for both systems)."""
+    gold = [s.tags for s in test]
+    preds = {name: predict_tags(model, sentences=test, **predict)
+             for name, model in (("task_only", task_only), ("task_plus_lang", with_lang), ("full_ft", full_model))}
+    row: dict = {"sentences": len(test)}
+    row.update({name: tagging_scores(gold, pred)["f1"] for name, pred in preds.items()})
+    interval = paired_bootstrap_f1(gold, preds["task_only"], preds["task_plus_lang"], resamples=args.bootstrap,
+                                   seed=args.eval_seed)
+    row["b_minus_a"] = interval.to_dict()
+    return row
+
+
 def table(results: dict[str, dict]) -> str:
-    lines = ["| test set | sentences | (a) task diff | (b) task + language diff | (c) full FT |", "|---|---|---|---|---|"]
+    lines = [
+        "| test set | sentences | (a) task diff | (b) task + language diff | (b) - (a) [95% CI] | (c) full FT |",
+        "|---|---|---|---|---|---|",
+    ]
     for lang, r in results.items():
+        d = r["b_minus_a"]
         lines.append(
-            f"| {lang} | {r['sentences']} | {100 * r['task_only']:.1f} | {100 * r['task_plus_lang']:.1f} | {100 * r['full_ft']:.1f} |"
+            f"| {lang} | {r['sentences']} | {100 * r['task_only']:.1f} | {100 * r['task_plus_lang']:.1f} | "
+            f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | {100 * r['full_ft']:.1f} |"
         )
     return "\n".join(lines)
 
