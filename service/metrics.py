@@ -48,3 +48,8 @@ REPLICA_REQUESTS = Counter("csft_replica_requests_total", "Predict requests answ
 REPLICA_SWITCHES = Gauge(
     "csft_replica_switches", "A model replica's pair switches, as of its latest answer.", ["replica"]
 )
+
+
+def counter_total(counter: Counter) -> float:
+    """A counter's sum over all its labels: the same number /metrics reports, summed."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))

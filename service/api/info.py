@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends
-from prometheus_client import Counter
 
 from diffs_store import errors
 from diffs_store.metadata import DiffKind
@@ -18,10 +17,6 @@ from service.engine import Engine
 router = APIRouter(prefix="/v1", tags=["catalog"])
 _STARTED = time.time()
 
-
-def _total(counter: Counter) -> float:
-    """A counter's sum over all its labels: the same number /metrics reports, summed."""
-    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 @router.get("/info")
@@ -36,8 +31,8 @@ def info(engine: Engine = Depends(get_engine)) -> dict:
         "admin_enabled": settings.admin_token is not None,
         "plan_cache": {"bytes": engine.plans.bytes, "budget": engine.plans.max_bytes, "entries": len(engine.plans)},
         "queue_depth": engine.scheduler.depth,
-        "requests_total": _total(metrics.REQUESTS),
-        "switches_total": _total(metrics.SWITCHES),
+        "requests_total": metrics.counter_total(metrics.REQUESTS),
+        "switches_total": metrics.counter_total(metrics.SWITCHES),
         "uptime_s": round(time.time() - _STARTED, 1),
     }
 

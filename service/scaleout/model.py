@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client import REGISTRY
 from ray import serve
 
+from service import metrics
 from service.engine import Composition
 from service.scaleout.pairs import PairReply, parse_pair_id
 
@@ -35,7 +35,7 @@ _SERVE_MULTIPLEX_ATTR = "__serve_multiplex_wrapper"
 
 def switch_count() -> int:
     """This process's count of applied-composition changes (the engine's counter)."""
-    return int(REGISTRY.get_sample_value("csft_pair_switches_total") or 0)
+    return int(metrics.counter_total(metrics.SWITCHES))
 
 
 @serve.deployment(name="PairModel")
