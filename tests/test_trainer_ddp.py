@@ -105,7 +105,9 @@ def _free_port() -> int:
 def _torchrun(base_dir: Path, out: Path) -> subprocess.CompletedProcess:
     """``torchrun`` with 2 CPU processes on loopback (gloo), bounded in time so a rank
     waiting forever on a collective fails the test instead of hanging CI."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CSFT_TORCH_THREADS": "1"}
+    scratch = out / "tmp"  # torchrun's per-run log directories land here, not in /tmp
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CSFT_TORCH_THREADS": "1", "TMPDIR": str(scratch)}
     if "lo" in {name for _, name in socket.if_nameindex()}:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo would otherwise pick the hostname's interface
     cmd = [
