@@ -39,9 +39,9 @@ from service.tasks.common import Prepared
 
 log = logging.getLogger(__name__)
 
-# What "the registry is unreachable" looks like from here.
 # Planning a diff the first time (read, validate, build) costs several times writing it.
 COLD_FACTOR = 4.0
+# What "the registry is unreachable" looks like from here.
 REGISTRY_DOWN = (RedisUnavailable, redis.RedisError, OSError, TimeoutError)
 # Redis calls a lookup may make (each bounded by the socket timeout) before it is abandoned.
 _LOOKUP_CALLS = 3
@@ -211,9 +211,9 @@ class Engine:
             try:
                 if entry.id not in self.plans:
                     built += self.patcher.warm(entry.id, load(entry.id))
-                head_type = entry.task_type if entry.kind is DiffKind.TASK else TaskType.FILL_MASK
-                if self._heads.peek(entry.id) is None and (entry.kind is DiffKind.TASK or entry.task_type is TaskType.FILL_MASK):
-                    built += self._heads.put_if_room(entry.id, self._build_head(load(entry.id), head_type))
+                # A diff with a task type has a head: every task diff, a fill-mask language diff.
+                if entry.task_type is not None and self._heads.peek(entry.id) is None:
+                    built += self._heads.put_if_room(entry.id, self._build_head(load(entry.id), entry.task_type))
             except Exception as exc:  # the request path reports a bad diff; here it just stays cold
                 log.warning("prewarm of %s skipped: %s", entry.id[:12], exc)
         languages = [e for (kind, _), e in latest.items() if kind is DiffKind.LANGUAGE]

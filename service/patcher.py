@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from diffs_store.compose import DiffLayer, Overlap, PatchPlan, build_layer, build_overlap, layer_nbytes, switch
+from diffs_store.compose import DiffLayer, PatchPlan, build_layer, build_overlap, layer_nbytes, switch
 from diffs_store.format import SparseDiff
 from service import metrics
 from service.lru import ByteLRU

@@ -26,7 +26,7 @@ from transformers import (
 from diffs_store import errors
 from diffs_store.base import load_base_model
 from diffs_store.compose import apply_plan, build_patch_plan, restore_plan
-from diffs_store.format import SparseDiff, load_diff
+from diffs_store.format import SparseDiff
 from diffs_store.merge import build_composed_model, merge_to_directory
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.reference_import import import_reference

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import httpx
 import pytest
@@ -26,7 +25,6 @@ from service.config import Settings  # noqa: E402
 from service.scaleout.ingress import REPLICA_HEADER, ROUTING_HEADER, SWITCHES_HEADER  # noqa: E402
 from service.scaleout.launch import deploy, free_port, shared_registry  # noqa: E402
 from service.scaleout.options import ScaleOutOptions, settings_args  # noqa: E402
-from service_fixtures import TASKS  # noqa: E402
 from test_service_e2e import assert_same, expected, make_input  # noqa: E402
 
 TOKEN = "ray-token"
