@@ -146,20 +146,40 @@ def language_cmd(
         help="Store the frozen MLM decoder (vocab x hidden) in the diff. By default it is recorded as the base's "
         "input embeddings at theta0, which fill-mask reproduces exactly at a fraction of the size.",
     ),
+    line_by_line: bool = typer.Option(
+        False, "--line-by-line", help="One line per example, truncated (the reference's --line_by_line). "
+        "Default: the text is packed into blocks of --max-seq-len tokens, as the reference does by default.",
+    ),
+    head_warmup_steps: Optional[int] = typer.Option(
+        None, "--head-warmup-steps", help="Train a fresh MLM head alone (encoder frozen) for N steps before phase 1. "
+        "Default: as long as phase 1 when the base has no MLM head, 0 when it has one.",
+    ),
+    head_warmup_lr: Optional[float] = typer.Option(None, "--head-warmup-lr", help="Its learning rate (default: --lr)."),
     push: Optional[str] = PUSH,
     token: Optional[str] = TOKEN,
 ) -> None:
-    """Train a language diff: LT-SFT masked language modelling on raw text."""
+    """Train a language diff: LT-SFT masked language modelling on raw text.
+
+    Recommended settings. A base WITH a pretrained MLM head (mBERT, XLM-R): the defaults,
+    which are the reference recipe (packed blocks of 256 tokens, lr 5e-5, L1 0.1, 10k-100k
+    steps per phase, no head warm-up); on little text, fewer steps rather than a higher lr.
+    A base WITHOUT an MLM head (sentence encoders such as e5 or MiniLM): keep the head
+    warm-up (default: as long as phase 1) and give it a higher rate (--head-warmup-lr 1e-3),
+    so that phase 1 selects the entries the language moves rather than the ones that
+    helped a random head; see docs/RESULTS.md for what it changes.
+    """
     from trainer.data.text import read_lines
     from trainer.jobs import file_info, train_language_diff
-    from trainer.recipe import language_recipe
+    from trainer.recipe import PhaseLength, language_recipe
 
     recipe = _recipe(
         language_recipe(), k=k, full=(full_epochs, full_min_steps, full_max_steps),
         sparse=(sparse_epochs, sparse_min_steps, sparse_max_steps), batch_size=batch_size, grad_accum=grad_accum,
         learning_rate=lr, weight_decay=weight_decay, full_l1_reg=full_l1, sparse_l1_reg=sparse_l1,
         max_seq_len=max_seq_len, seed=seed, save_steps=save_steps,
-        freeze_layer_norm=False if include_layer_norm else None,
+        freeze_layer_norm=False if include_layer_norm else None, mlm_packing=False if line_by_line else None,
+        head_warmup=None if head_warmup_steps is None else PhaseLength(max_steps=head_warmup_steps),
+        head_warmup_lr=head_warmup_lr,
     )
     lines = _run(lambda: [line for p in train for line in read_lines(p)])
     if max_lines is not None:

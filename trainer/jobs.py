@@ -43,12 +43,12 @@ from diffs_store.validate import check_against_base
 from trainer import lt_sft
 from trainer.data.classification import class_labels
 from trainer.data.conll import label_list
-from trainer.data.encode import SourceCollator, collator_for, encode_classification, encode_lines, encode_tagged
+from trainer.data.encode import SourceCollator, collator_for, encode_classification, encode_mlm, encode_tagged
 from trainer.evaluate import evaluate_model
 from trainer.hf import SOURCE_KEY, LtSftTrainer, run_full_finetune, run_lt_sft, training_arguments
-from trainer.models import build_model, mlm_loss, untie_and_freeze_decoder
+from trainer.models import build_model, frozen_encoder, mlm_loss, untie_and_freeze_decoder
 from trainer.multisource import LanguageSwitch, SourceBatchSampler, sparse_part_for
-from trainer.recipe import Recipe, resolve_k
+from trainer.recipe import PhaseLength, Recipe, resolve_k
 
 log = logging.getLogger(__name__)
 
@@ -165,33 +165,49 @@ def train_language_diff(
     store_decoder: bool = False,
     data: dict[str, Any] | None = None,
 ) -> JobResult:
-    """LT-SFT masked language modelling on ``lines`` of one language -> a language diff."""
+    """LT-SFT masked language modelling on ``lines`` of one language -> a language diff.
+
+    The text is packed into full blocks unless ``recipe.mlm_packing`` is off. A fresh MLM
+    head (a base without one) is first warmed up alone (:func:`warm_up_head`); the warmed
+    head is theta_ref for the head, so phase 1 starts, and phase 2 restarts, from it.
+    """
     started = time.time()
     model, fresh = build_model(base.model, base.spec, TaskType.FILL_MASK, seed=recipe.seed)
     untie_and_freeze_decoder(model)
     maskable = _prepare(model, recipe)
     n_maskable = _n_maskable(model, maskable)
     k = resolve_k(recipe.k, n_maskable, kind="language", hidden_size=base.spec.config.hidden_size)
-    features = encode_lines(base.tokenizer, lines, recipe.max_seq_len)
+    features = encode_mlm(base.tokenizer, lines, recipe.max_seq_len, packed=recipe.mlm_packing)
+    dev_features = encode_mlm(base.tokenizer, dev_lines, recipe.max_seq_len, packed=recipe.mlm_packing) if dev_lines else None
     out = Path(out_dir)
+    collator = collator_for(TaskType.FILL_MASK, base.tokenizer, mlm_probability=recipe.mlm_probability)
+    warmup = head_warmup_length(recipe, fresh)
+    warmup_record = warm_up_head(model, recipe, warmup, features, collator, out)
+    if dev_features is not None and warmup_record["steps"]:
+        warmup_record["dev_after"] = mlm_dev_loss(model, base.tokenizer, dev_features, recipe)
     trainer = LtSftTrainer(
         model=model,
         args=training_arguments(recipe, out),
         train_dataset=features,
-        data_collator=collator_for(TaskType.FILL_MASK, base.tokenizer, mlm_probability=recipe.mlm_probability),
+        data_collator=collator,
         recipe=recipe,
         maskable=maskable,
         loss_fn=mlm_loss,
     )
     result = run_lt_sft(trainer, recipe, k, out, len(features))
-    metrics: dict[str, Any] = {"train": {**result.phases, "examples": len(features), "seconds": round(time.time() - started, 1)}}
-    if dev_lines:
-        metrics["dev"] = mlm_dev_loss(model, base.tokenizer, encode_lines(base.tokenizer, dev_lines, recipe.max_seq_len), recipe)
+    metrics: dict[str, Any] = {
+        "train": {"head_warmup": warmup_record, **result.phases, "examples": len(features),
+                  "seconds": round(time.time() - started, 1)},
+    }
+    if dev_features is not None:
+        metrics["dev"] = mlm_dev_loss(model, base.tokenizer, dev_features, recipe)
     meta = DiffMetadata(
         kind=DiffKind.LANGUAGE, language=language, task_type=TaskType.FILL_MASK,
         base_model=base.spec.name, base_fingerprint=base.spec.fingerprint, nnz=0,
         recipe=_recipe_record(
             recipe, k, n_maskable, objective="masked-lm", mlm_head="fresh" if fresh else "pretrained",
+            mlm_data=f"blocks of {recipe.max_seq_len} tokens" if recipe.mlm_packing else "one line per example",
+            head_warmup_steps=warmup_record["steps"],
             decoder="untied from input embeddings, frozen" + (", stored" if store_decoder else ", recorded as the base's"),
             data=data or {"train_lines": len(lines)},
         ),
@@ -201,6 +217,36 @@ def train_language_diff(
     meta = meta.model_copy(update={"head_from_base": from_base})
     diff = lt_sft.extract_diff(model, trainer.reference, result.masks, meta, head_names=heads)
     return JobResult(diff, model, trainer, _save(diff, output, trainer), metrics)
+
+
+def head_warmup_length(recipe: Recipe, fresh_head: bool) -> PhaseLength:
+    """The head warm-up the recipe asks for; by default as long as phase 1 for a fresh head
+    and none for a pretrained one."""
+    if recipe.head_warmup is not None:
+        return recipe.head_warmup
+    return recipe.full if fresh_head else PhaseLength(max_steps=0)
+
+
+def warm_up_head(
+    model: PreTrainedModel, recipe: Recipe, length: PhaseLength, features: list[dict], collator, out: Path
+) -> dict[str, Any]:
+    """Dense training of the MLM head alone, the encoder frozen, at ``head_warmup_lr``.
+
+    Without it, a base with no pretrained MLM head spends phase 1 fitting a random head,
+    and the top-K by |theta1 - theta0| picks the encoder entries that helped the head,
+    not the ones the language moves. Returns the steps run and the final train loss.
+    """
+    if length.steps(len(features), recipe.batch_size, recipe.grad_accum) == 0:
+        return {"steps": 0}
+    warm_recipe = recipe.with_(learning_rate=recipe.head_warmup_lr, full_l1_reg=0.0)
+    with frozen_encoder(model):
+        trainer = LtSftTrainer(
+            model=model, args=training_arguments(warm_recipe, out), train_dataset=features, data_collator=collator,
+            recipe=warm_recipe, maskable=[], loss_fn=mlm_loss,
+        )
+        record = trainer.run_phase("head-warmup", length, 0.0, out, len(features))
+    record["learning_rate"] = warm_recipe.learning_rate
+    return record
 
 
 def language_head(model: PreTrainedModel, base: "Base", *, store_decoder: bool = False) -> tuple[list[str], dict[str, str]]:

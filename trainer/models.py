@@ -7,7 +7,8 @@ than loaded independently, so theta0 is exactly what the diff will be checked ag
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,20 @@ def untie_and_freeze_decoder(model: PreTrainedModel) -> None:
     model.config.tie_word_embeddings = False
     if hasattr(model.config, "get_text_config"):
         model.config.get_text_config().tie_word_embeddings = False
+
+
+@contextmanager
+def frozen_encoder(model: PreTrainedModel) -> Iterator[None]:
+    """Only the head trains inside the block; ``requires_grad`` is restored after it."""
+    encoder = list(model.base_model.parameters())
+    was = [p.requires_grad for p in encoder]
+    for p in encoder:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(encoder, was):
+            p.requires_grad_(flag)
 
 
 def mlm_head(model: PreTrainedModel) -> nn.Module:

@@ -78,6 +78,16 @@ class Recipe:
     freeze_layer_norm: bool = True
     max_seq_len: int = 256
     mlm_probability: float = 0.15
+    # MLM data: True packs the text into blocks of max_seq_len (the reference's default,
+    # run_mlm's group_texts); False is one line per example (its --line_by_line).
+    mlm_packing: bool = True
+    # Dense training of a *fresh* MLM head alone (encoder frozen) before phase 1, so that
+    # phase 1's |theta1 - theta0| measures language adaptation, not head fitting. None:
+    # as long as phase 1 when the base has no pretrained MLM head, none when it has one;
+    # PhaseLength(max_steps=0) turns it off. Its learning rate: head_warmup_lr (None: the
+    # recipe's learning_rate).
+    head_warmup: PhaseLength | None = None
+    head_warmup_lr: float | None = None
     seed: int = 42
     save_steps: int | None = None  # checkpoint every N optimizer steps (None: no checkpoints)
     save_total_limit: int = 2

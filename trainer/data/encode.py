@@ -48,9 +48,32 @@ def encode_tagged(
 
 
 def encode_lines(tokenizer, lines: Sequence[str], max_len: int) -> list[dict]:
-    """Features for masked language modelling (one line, truncated, per example)."""
+    """MLM features in line mode: one line per example, truncated at ``max_len`` (the
+    reference's ``--line_by_line``). Short lines waste most of a sequence's length."""
     enc = tokenizer(list(lines), truncation=True, max_length=max_len, return_special_tokens_mask=True)
     return [{k: enc[k][i] for k in enc} for i in range(len(lines))]
+
+
+def encode_blocks(tokenizer, lines: Sequence[str], block_size: int) -> list[dict]:
+    """MLM features as the reference makes them by default (run_mlm's ``group_texts``):
+    every line tokenised whole with its special tokens, all concatenated, cut into blocks
+    of exactly ``block_size`` tokens; the remainder shorter than a block is dropped. Every
+    example is then a full sequence, so a step sees ``block_size`` tokens per example
+    whatever the line lengths."""
+    enc = tokenizer(list(lines), return_special_tokens_mask=True, verbose=False)
+    keys = list(enc.keys())
+    stream = {k: [t for row in enc[k] for t in row] for k in keys}
+    n_blocks = len(stream["input_ids"]) // block_size
+    if n_blocks == 0:
+        raise ValueError(
+            f"{len(stream['input_ids'])} tokens of text make no block of {block_size}: give more text or use line mode"
+        )
+    return [{k: stream[k][i * block_size : (i + 1) * block_size] for k in keys} for i in range(n_blocks)]
+
+
+def encode_mlm(tokenizer, lines: Sequence[str], max_len: int, *, packed: bool) -> list[dict]:
+    """MLM features: packed blocks (default) or one line per example."""
+    return encode_blocks(tokenizer, lines, max_len) if packed else encode_lines(tokenizer, lines, max_len)
 
 
 def encode_classification(
