@@ -48,6 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lang-steps", type=int, default=100, help="Optimizer steps per language-diff phase.")
     p.add_argument("--lang-lr", type=float, default=1e-4)
     p.add_argument("--lang-seq", type=int, default=64)
+    p.add_argument("--lang-lines", type=int, default=None,
+                   help="Raw-text lines per language diff (default: steps x batch, one line per example per phase).")
+    p.add_argument("--line-by-line", action="store_true", help="MLM on one line per example (default: packed blocks).")
+    p.add_argument("--head-warmup-steps", type=int, default=None,
+                   help="MLM head warm-up before phase 1 (default: as long as phase 1 for a base without an MLM head).")
+    p.add_argument("--head-warmup-lr", type=float, default=None, help="Its learning rate (default: --lang-lr).")
+    p.add_argument("--no-full-ft", action="store_true", help="Skip the dense baseline (c), e.g. for ablations.")
     p.add_argument("--task-steps", type=int, default=250, help="Optimizer steps per task-diff phase.")
     p.add_argument("--task-examples", type=int, default=2000, help="English training sentences (random subset).")
     p.add_argument("--task-lr", type=float, default=1e-4)
@@ -96,8 +103,10 @@ def main(argv=None) -> dict:
     lang_recipe = language_recipe(
         k=k_lang, full=PhaseLength(max_steps=args.lang_steps), sparse=PhaseLength(max_steps=args.lang_steps),
         batch_size=args.batch_size, learning_rate=args.lang_lr, max_seq_len=args.lang_seq, seed=args.seed,
+        mlm_packing=not args.line_by_line, head_warmup_lr=args.head_warmup_lr,
+        head_warmup=None if args.head_warmup_steps is None else PhaseLength(max_steps=args.head_warmup_steps),
     )
-    n_lines = args.lang_steps * args.batch_size  # one pass over the lines per phase
+    n_lines = args.lang_lines or args.lang_steps * args.batch_size
     lang_files: dict[str, Path] = {}
     for lang in ["en", *targets]:
         path = out / f"lang-{lang}.safetensors"
@@ -138,12 +147,14 @@ def main(argv=None) -> dict:
         )
         clock.stage("task diff ner (en)", began)
 
-    began = time.time()
-    full_recipe = ner_recipe.with_(full=PhaseLength(max_steps=2 * args.task_steps))
-    full_model, full_metrics = train_full_model(
-        base, TaskType.TOKEN_CLASSIFICATION, task_train, recipe=full_recipe, out_dir=out / "work-full", labels=LABELS
-    )
-    clock.stage("full fine-tuning (en)", began)
+    full_model, full_metrics = None, None
+    if not args.no_full_ft:
+        began = time.time()
+        full_recipe = ner_recipe.with_(full=PhaseLength(max_steps=2 * args.task_steps))
+        full_model, full_metrics = train_full_model(
+            base, TaskType.TOKEN_CLASSIFICATION, task_train, recipe=full_recipe, out_dir=out / "work-full", labels=LABELS
+        )
+        clock.stage("full fine-tuning (en)", began)
 
     results: dict[str, dict] = {}
     began = time.time()
@@ -174,8 +185,8 @@ def score_row(test: list, task_only, with_lang, full_model, predict: dict, args:
     """Entity F1 of (a), (b), (c) on one test set and (b) - (a) with its paired bootstrap
     interval (same sentences, same resamples for both systems)."""
     gold = [s.tags for s in test]
-    preds = {name: predict_tags(model, sentences=test, **predict)
-             for name, model in (("task_only", task_only), ("task_plus_lang", with_lang), ("full_ft", full_model))}
+    systems = (("task_only", task_only), ("task_plus_lang", with_lang), ("full_ft", full_model))
+    preds = {name: predict_tags(model, sentences=test, **predict) for name, model in systems if model is not None}
     row: dict = {"sentences": len(test)}
     row.update({name: tagging_scores(gold, pred)["f1"] for name, pred in preds.items()})
     interval = paired_bootstrap_f1(gold, preds["task_only"], preds["task_plus_lang"], resamples=args.bootstrap,
@@ -191,9 +202,10 @@ def table(results: dict[str, dict]) -> str:
     ]
     for lang, r in results.items():
         d = r["b_minus_a"]
+        full = "-" if r.get("full_ft") is None else f"{100 * r['full_ft']:.1f}"
         lines.append(
             f"| {lang} | {r['sentences']} | {100 * r['task_only']:.1f} | {100 * r['task_plus_lang']:.1f} | "
-            f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | {100 * r['full_ft']:.1f} |"
+            f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | {full} |"
         )
     return "\n".join(lines)
 
