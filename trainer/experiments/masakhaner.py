@@ -55,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="MLM head warm-up before phase 1 (default: as long as phase 1 for a base without an MLM head).")
     p.add_argument("--head-warmup-lr", type=float, default=None, help="Its learning rate (default: --lang-lr).")
     p.add_argument("--no-full-ft", action="store_true", help="Skip the dense baseline (c), e.g. for ablations.")
+    p.add_argument("--only-language-diffs", action="store_true",
+                   help="Stop after the language diffs. Ablations train theirs, then reuse another run's lang-en and "
+                        "task diff files (copied into --out; stages whose file exists are skipped).")
     p.add_argument("--task-steps", type=int, default=250, help="Optimizer steps per task-diff phase.")
     p.add_argument("--task-examples", type=int, default=2000, help="English training sentences (random subset).")
     p.add_argument("--task-lr", type=float, default=1e-4)
@@ -126,6 +129,8 @@ def main(argv=None) -> dict:
             dev_lines=lines[n_lines:], output=path, data={"train": source, "train_lines": n_lines, "dev_lines": 200},
         )
         clock.stage(f"language diff {lang}", began)
+    if args.only_language_diffs:
+        return {"language_diffs": {lang: str(path) for lang, path in lang_files.items()}}
 
     ner_recipe = task_recipe(
         TaskType.TOKEN_CLASSIFICATION, k=k_task, full=PhaseLength(max_steps=args.task_steps),
