@@ -96,3 +96,25 @@ def test_cli_line_mode_and_warmup_are_recorded(base_dir, tmp_path):
     assert meta.recipe["head_warmup"] == {"epochs": None, "min_steps": None, "max_steps": 2}
     assert meta.recipe["head_warmup_steps"] == 2 and meta.recipe["head_warmup_lr"] == 1e-3
     assert meta.metrics["train"]["examples"] == 40
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlmr"])
+def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
+    """On a checkpoint saved from *ForMaskedLM (mBERT, XLM-R), the language model starts
+    from the checkpoint's own MLM head, bit for bit, and the default recipe skips warm-up."""
+    from safetensors.torch import load_file
+
+    from reference_sft import save_checkpoint
+    from trainer.jobs import Base
+
+    ckpt = save_checkpoint(tmp_path / arch, arch, "mlm")
+    b = Base.load(str(ckpt))
+    stored = load_file(ckpt / "model.safetensors")
+    text = [" ".join(["john lives in paris and mary visited london"] * 3)] * 40
+    res = train_language_diff(b, "en", text, recipe=recipe(k=200), out_dir=tmp_path / "work")
+    head = {n: t for n, t in res.trainer.reference.items() if not n.startswith(res.model.base_model_prefix + ".")}
+    from_checkpoint = [n for n in head if n in stored]
+    assert from_checkpoint  # the head transform and bias
+    for name in from_checkpoint:
+        assert torch.equal(head[name], stored[name]), name
+    assert res.diff.meta.recipe["mlm_head"] == "pretrained" and res.diff.meta.recipe["head_warmup_steps"] == 0

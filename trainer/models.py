@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, set_seed
-from transformers.utils import logging as hf_logging
 
-from diffs_store.base import TASK_MODEL_CLASSES, BaseSpec, resolve_model_path, task_config
+from diffs_store.base import TASK_MODEL_CLASSES, BaseSpec, task_config
+from diffs_store.heads import head_layout, pretrained_head
 from diffs_store.metadata import TaskType
 
 log = logging.getLogger(__name__)
@@ -27,34 +27,21 @@ def build_model(
 ) -> tuple[PreTrainedModel, bool]:
     """A task model holding the base's weights and a head. Returns (model, head_is_fresh).
 
-    For fill-mask, the checkpoint's own MLM head is used when it has one; otherwise a
-    freshly initialised head is added (seeded), to be trained densely like any head.
+    The head is initialised (seeded), then takes whatever the checkpoint provides for it
+    (:func:`diffs_store.heads.pretrained_head`, the reader head assembly uses): for
+    fill-mask on mBERT or XLM-R, their pretrained MLM head. It is fresh when the checkpoint
+    leaves part of it to train from scratch (a base without an MLM head, any task head).
     """
     set_seed(seed)  # head initialisation
-    cfg = task_config(spec.config, task_type, labels)
-    model_cls = TASK_MODEL_CLASSES[task_type]
-    fresh = True
-    if task_type is TaskType.FILL_MASK:
-        previous = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a missing MLM head is expected, not worth a report
-        try:
-            model, info = model_cls.from_pretrained(
-                resolve_model_path(spec.name), config=cfg, dtype=torch.float32, output_loading_info=True
-            )
-            prefix = model.base_model_prefix + "."
-            fresh = any(not k.startswith(prefix) for k in info.get("missing_keys", []))
-        except OSError:  # no checkpoint on disk (a base built in memory)
-            model = model_cls.from_config(cfg)
-        finally:
-            hf_logging.set_verbosity(previous)
-        if fresh:  # same draw whatever from_pretrained consumed
-            set_seed(seed)
-            model = model_cls.from_config(cfg)
-    else:
-        model = model_cls.from_config(cfg)
+    model = TASK_MODEL_CLASSES[task_type].from_config(task_config(spec.config, task_type, labels))
     missing, _ = model.base_model.load_state_dict(base.state_dict(), strict=False)  # pooler may be unused
     if missing:
         raise ValueError(f"the {task_type.value} model needs encoder parameters the base lacks: {missing[:3]}")
+    pretrained = pretrained_head(spec, task_type)
+    if pretrained:
+        model.load_state_dict(pretrained, strict=False)
+    labels_for_layout = len(labels) if labels else 2
+    fresh = bool(head_layout(spec, task_type, labels_for_layout).required)
     return model.float().train(), fresh
 
 
