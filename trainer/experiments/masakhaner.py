@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="MLM head warm-up before phase 1 (default: as long as phase 1 for a base without an MLM head).")
     p.add_argument("--head-warmup-lr", type=float, default=None, help="Its learning rate (default: --lang-lr).")
     p.add_argument("--no-full-ft", action="store_true", help="Skip the dense baseline (c), e.g. for ablations.")
+    p.add_argument("--only-task-diff", action="store_true",
+                   help="Train the English language diff and the task diff only (e.g. alongside a run training the targets).")
     p.add_argument("--only-language-diffs", action="store_true",
                    help="Stop after the language diffs. Ablations train theirs, then reuse another run's lang-en and "
                         "task diff files (copied into --out; stages whose file exists are skipped).")
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
     )
     n_lines = args.lang_lines or args.lang_steps * args.batch_size
     lang_files: dict[str, Path] = {}
-    for lang in ["en", *targets]:
+    for lang in ["en"] + ([] if args.only_task_diff else targets):
         path = out / f"lang-{lang}.safetensors"
         lang_files[lang] = path
         if path.exists():
@@ -151,6 +153,8 @@ def main(argv=None) -> dict:
             data={"train": file_info(args.data / "ner/en/train.txt"), "subset": len(task_train), "subset_seed": args.seed},
         )
         clock.stage("task diff ner (en)", began)
+    if args.only_task_diff:
+        return {"task_diff": str(task_file)}
 
     full_model, full_metrics = None, None
     if not args.no_full_ft:
