@@ -11,7 +11,11 @@ Two models (``--model``), random weights, fp32, LayerNorm frozen as every recipe
 Variants: ``full`` (dense fine-tuning), ``phase1`` (dense + the L1 term; only where the
 recipe has one), ``phase2`` (L1, ``mask_gradients`` after backward, clipping, fused AdamW,
 ``reimpose_frozen`` after the step: where trainer/hf.py's LtSftTrainer calls them; theta_ref
-snapshotted, masks from ``select_mask`` over random "phase-1" deltas). Implementations
+snapshotted, masks from ``select_mask`` over random "phase-1" deltas). With weight decay 0,
+as here, this tree's phase 2 keeps theta_ref only at the selected entries
+(``SelectedReference``), adds L1 there only and copies nothing back, as the trainer does;
+an implementation without it (``--impls baseline`` at an older ``--baseline-rev``) keeps
+the dense theta_ref and re-imposes it. Implementations
 (``--impls``): ``new`` is this tree's trainer/lt_sft.py with a reused ``Scratch``;
 ``baseline`` is trainer/lt_sft.py as of ``--baseline-rev`` (default ``main``), loaded from
 git, i.e. the code before buffer reuse. Both must end with bit-identical parameters (checked:
@@ -98,6 +102,14 @@ def params_hash(model) -> str:
     return h.hexdigest()[:16]
 
 
+def frozen_hash(params, masks) -> str:
+    """sha256 of every parameter with its selected entries zeroed: the frozen entries only."""
+    h = hashlib.sha256()
+    for name, p in sorted(params.items()):
+        h.update(p.detach().masked_fill(masks[name], 0).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps: int, k: int, rev: str) -> dict:
     lt = load_lt_sft(impl, rev)
     model, inputs, loss_fn, l1 = build(model_name, batch, seq)
@@ -120,12 +132,25 @@ def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps:
         out["k"] = int(sum(int(m.sum()) for m in masks.values()))
         selected = lt.selected_indices(masks)
     optimizer = torch.optim.AdamW(trainable.values(), lr=5e-5, weight_decay=0.0, fused=True)  # adamw_torch_fused
+    # Phase 2 as LtSftTrainer runs it: without weight decay, theta_ref only at the selected
+    # entries (SelectedReference), L1 there only, nothing copied back (this tree's lt_sft).
+    lean = masks is not None and hasattr(lt, "SelectedReference") and lt.frozen_entries_stay_put("adamw_torch_fused", 0.0)
+    frozen_before = frozen_hash(maskable, masks) if masks is not None else None
+    if lean:
+        reference = lt.SelectedReference(reference, maskable, selected)
+        heads = {n: p for n, p in trainable.items() if n not in maskable}
+        l1_step = lambda: (lt.add_l1_gradient_selected(maskable, reference, l1, n_total, 1.0),  # noqa: E731
+                           lt.add_l1_gradient(heads, reference, l1, n_total, 1.0, **extras))
+    else:
+        l1_step = lambda: lt.add_l1_gradient(trainable, reference, l1, n_total, 1.0, **extras)  # noqa: E731
+    out["phase2_mode"] = "selected theta_ref" if lean else "dense theta_ref" if masks is not None else None
     actions = {
         "fwd_bwd": lambda: loss_fn(model, inputs).backward(),
-        "l1": (lambda: lt.add_l1_gradient(trainable, reference, l1, n_total, 1.0, **extras)) if l1 else None,
+        "l1": l1_step if l1 else None,
         "mask": (lambda: lt.mask_gradients(maskable, selected, **extras)) if masks is not None else None,
         "clip_step": lambda: (torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0), optimizer.step()),
-        "reimpose": (lambda: lt.reimpose_frozen(maskable, selected, reference, **extras)) if masks is not None else None,
+        "reimpose": (lambda: lt.reimpose_frozen(maskable, selected, reference, **extras))
+        if masks is not None and not lean else None,
         "zero_grad": lambda: optimizer.zero_grad(set_to_none=True),
     }
     times = {key: [] for key in (*PARTS, "total")}
@@ -147,8 +172,7 @@ def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps:
     out.update(times=times, faults=flts, base_rss_mib=base_rss / MiB, peak_rss_mib=peak.peak / MiB,
                maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, params_hash=params_hash(model))
     if masks is not None:  # frozen entries must be exactly theta_ref after the steps
-        out["frozen_exact"] = all(
-            bool(torch.equal(p.detach()[~masks[n]], reference[n][~masks[n]])) for n, p in maskable.items())
+        out["frozen_exact"] = frozen_hash(maskable, masks) == frozen_before
     return out
 
 

@@ -118,3 +118,30 @@ def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
     for name in from_checkpoint:
         assert torch.equal(head[name], stored[name]), name
     assert res.diff.meta.recipe["mlm_head"] == "pretrained" and res.diff.meta.recipe["head_warmup_steps"] == 0
+
+
+def test_lean_phase_two_equals_the_dense_reference_bit_for_bit(base, tmp_path, monkeypatch):
+    """Without weight decay, phase 2 keeps theta_ref only at the K selected entries, adds
+    the L1 term there only and copies nothing back. Same weights, same diff, as keeping
+    the dense theta_ref and re-imposing it after every step."""
+    from trainer import lt_sft
+
+    assert lt_sft.frozen_entries_stay_put("adamw_torch_fused", 0.0)
+    assert not lt_sft.frozen_entries_stay_put("adamw_torch_fused", 0.01)  # decay moves every entry
+    assert not lt_sft.frozen_entries_stay_put("adafactor", 0.0)  # not known to leave them exactly
+    r = recipe(k=300, weight_decay=0.0, full_l1_reg=0.5, sparse_l1_reg=0.5, head_warmup=PhaseLength(max_steps=0))
+    text = lines(64)
+    lean = train_language_diff(base, "en", text, recipe=r, out_dir=tmp_path / "lean")
+    monkeypatch.setattr(lt_sft, "frozen_entries_stay_put", lambda *a: False)
+    dense = train_language_diff(base, "en", text, recipe=r, out_dir=tmp_path / "dense")
+    assert isinstance(lean.trainer.reference, lt_sft.SelectedReference) and isinstance(dense.trainer.reference, dict)
+    assert sum(v.numel() for v in lean.trainer.reference.values.values()) == 300  # K values, not the tensors
+    assert lean.trainer.l1_last > 0  # the L1 term was active in phase 2
+    for (name, p), (_, q) in zip(lean.model.named_parameters(), dense.model.named_parameters()):
+        assert torch.equal(p, q), name
+    theta0 = {"bert." + n: p for n, p in base.model.named_parameters()}
+    for name, mask in lean.trainer.masks.items():  # frozen entries never moved
+        assert torch.equal(lean.trainer.trainable[name].detach()[~mask], theta0[name][~mask]), name
+    assert lean.diff.nnz == dense.diff.nnz
+    for name, t in dense.diff.sparse.items():
+        assert torch.equal(lean.diff.sparse[name].indices, t.indices) and torch.equal(lean.diff.sparse[name].values, t.values)

@@ -6,8 +6,12 @@
   source-language switching (multi-source), the L1 gradient once per optimizer step, then
   the phase-2 gradient mask. All of this happens before the Trainer clips and steps.
 * an optimizer *step post-hook* (``torch.optim.Optimizer.register_step_post_hook``): in
-  phase 2, copy theta_ref back into every unselected entry after each step, so AdamW's
-  weight decay and momentum cannot move them (the reference relies on weight decay 0).
+  phase 2 with weight decay, copy theta_ref back into every unselected entry after each
+  step, so AdamW's decoupled decay cannot move them. Without weight decay (the reference
+  recipes) nothing can move them (:func:`trainer.lt_sft.frozen_entries_stay_put`): the
+  dense theta_ref of the maskable tensors is dropped for its K selected values
+  (:class:`trainer.lt_sft.SelectedReference`), the L1 term touches only those, and
+  nothing is copied back, so phase 2 costs about what full fine-tuning does.
 * a ``TrainerCallback.on_step_begin`` flag: the L1 term is added once per optimizer step.
 
 :func:`run_lt_sft` drives phase 1 (full), mask selection, reset of *every* parameter
@@ -72,6 +76,7 @@ class LtSftTrainer(Trainer):
         source_switch: Callable[[Any], Callable[[], None]] | None = None,
         loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
         batch_sampler: torch.utils.data.Sampler | None = None,
+        lean_phase2: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -90,6 +95,9 @@ class LtSftTrainer(Trainer):
         self.l1_last = 0.0
         self._l1_due = False
         self._scratch = lt_sft.Scratch()  # per-step buffers, reused (see lt_sft's docstring)
+        # Phase 2 without a dense theta_ref when nothing can move frozen entries (off: always
+        # keep it and copy it back, e.g. to compare both in tests).
+        self.lean_phase2 = lean_phase2 and lt_sft.frozen_entries_stay_put(self.args.optim, self.args.weight_decay)
         self.add_callback(_StepBegin(self))
 
     @property
@@ -101,6 +109,12 @@ class LtSftTrainer(Trainer):
     def masks(self, masks: dict[str, torch.Tensor] | None) -> None:
         self._masks = masks
         self._selected = lt_sft.selected_indices(masks) if masks is not None else {}
+        if masks is not None and self.lean_phase2 and not isinstance(self.reference, lt_sft.SelectedReference):
+            self.reference = lt_sft.SelectedReference(self.reference, self.maskable, self._selected)
+
+    @property
+    def _lean(self) -> bool:
+        return isinstance(self.reference, lt_sft.SelectedReference)
 
     # -- the phase-2 and L1 mechanics --------------------------------------------------
 
@@ -120,7 +134,12 @@ class LtSftTrainer(Trainer):
             scaler = getattr(self.accelerator, "scaler", None)
             scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
             coefficient = self.l1_coefficient * self.args.gradient_accumulation_steps
-            distance = lt_sft.add_l1_gradient(targets, self.reference, coefficient, self.n_total, scale, self._scratch)
+            if self._lean:  # maskable tensors at their K selected entries, heads densely
+                distance = lt_sft.add_l1_gradient_selected(self.maskable, self.reference, coefficient, self.n_total, scale)
+                targets = {n: p for n, p in targets.items() if n not in self.maskable}
+            else:
+                distance = 0.0
+            distance += lt_sft.add_l1_gradient(targets, self.reference, coefficient, self.n_total, scale, self._scratch)
             self.l1_last = coefficient * distance / self.n_total
         if self.masks is not None:
             lt_sft.mask_gradients(self.maskable, self._selected, self._scratch)
@@ -145,7 +164,7 @@ class LtSftTrainer(Trainer):
         return optimizer
 
     def _after_optimizer_step(self) -> None:
-        if self.masks is not None:
+        if self.masks is not None and not self._lean:
             lt_sft.reimpose_frozen(self.maskable, self._selected, self.reference, self._scratch)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

@@ -9,6 +9,9 @@ on its own:
   tensors (not per tensor).
 * :func:`mask_gradients`, :func:`reimpose_frozen`: the phase-2 mechanics (on the
   selected entries' flat indices, :func:`selected_indices`).
+* :func:`frozen_entries_stay_put`, :class:`SelectedReference`,
+  :func:`add_l1_gradient_selected`: phase 2 without a dense copy of theta_ref when the
+  optimizer cannot move an entry whose gradient is always zero (the reference recipes).
 * :func:`add_l1_gradient`: the reference's optional L1 pull towards theta0.
 * :func:`extract_diff`: theta_final - theta_ref at the selected entries, heads dense.
 
@@ -28,7 +31,7 @@ K exceeds the number of moved entries); the reference would then select *everyth
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -172,6 +175,78 @@ def reimpose_frozen(
         kept = _kept_values(flat, idx, scratch)
         flat.copy_(reference[name].view(-1))
         flat.index_copy_(0, idx, kept)
+
+
+# Optimizers whose update is exactly zero for a parameter whose gradient has been zero
+# since the optimizer was created, when weight decay is 0: Adam/AdamW keep both moments at
+# 0 and step by lr * 0 / (sqrt(0) + eps) = 0; SGD (with or without momentum) steps by 0.
+# Gradient clipping scales a zero gradient to zero. (Trainer ``optim`` names.)
+_ZERO_GRADIENT_STAYS_PUT = {"adamw_torch", "adamw_torch_fused", "adamw_hf", "sgd"}
+
+
+def frozen_entries_stay_put(optimizer: str, weight_decay: float) -> bool:
+    """Whether phase 2's frozen entries (gradient zeroed every step, fresh optimizer per
+    phase) stay bit-identical to theta_ref with no copying back. Decoupled weight decay
+    moves every entry, so any non-zero decay needs :func:`reimpose_frozen`."""
+    return weight_decay == 0 and str(getattr(optimizer, "value", optimizer)) in _ZERO_GRADIENT_STAYS_PUT
+
+
+class SelectedReference(Mapping[str, torch.Tensor]):
+    """theta_ref for phase 2 that keeps, for maskable tensors, only the K selected values.
+
+    Valid while the frozen entries stay at theta_ref (:func:`frozen_entries_stay_put`):
+    then theta_ref of a maskable tensor *is* its current value with the selected entries
+    set back, and it is rebuilt so on demand (one tensor at a time, e.g. to extract the
+    diff). Phase 2 then holds K values instead of a copy of every maskable tensor, which
+    brings its memory to full fine-tuning's. Heads (not maskable) stay dense.
+    """
+
+    def __init__(self, reference: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor],
+                 selected: Mapping[str, torch.Tensor]) -> None:
+        self.params, self.selected = params, selected
+        self.values = {n: reference[n].reshape(-1).index_select(0, idx) for n, idx in selected.items()}
+        self.dense = {n: t for n, t in reference.items() if n not in selected}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.dense:
+            return self.dense[name]
+        out = self.params[name].detach().clone()
+        out.view(-1).index_copy_(0, self.selected[name], self.values[name])
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.dense
+        yield from self.values
+
+    def __len__(self) -> int:
+        return len(self.dense) + len(self.values)
+
+
+@torch.no_grad()
+def add_l1_gradient_selected(
+    params: Mapping[str, torch.Tensor],
+    reference: SelectedReference,
+    coefficient: float,
+    n_total: int,
+    grad_scale: float = 1.0,
+) -> float:
+    """:func:`add_l1_gradient` over maskable tensors in phase 2, touching only the K
+    selected entries: every other entry equals theta_ref, so its L1 gradient is sign(0) = 0
+    and its distance 0. The selected entries get exactly the dense function's values
+    (``grad + alpha * sign``, the product exact); the rest is zeroed by the mask anyway."""
+    alpha = coefficient * grad_scale / n_total
+    distance = 0.0
+    for name, idx in reference.selected.items():
+        if not idx.numel():
+            continue
+        p = params[name]
+        delta = p.detach().reshape(-1).index_select(0, idx).sub_(reference.values[name])
+        distance += float(delta.abs().sum())
+        sign = delta.sign_()
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.view(-1).index_add_(0, idx, sign.to(p.grad.dtype), alpha=alpha)
+    return distance
 
 
 @torch.no_grad()
