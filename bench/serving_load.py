@@ -222,9 +222,11 @@ def metric_delta(before: dict, after: dict) -> dict:
         return sum(v for k, v in d.items() if k.startswith(prefix))
 
     batches = get("csft_batch_inputs_count")
+    union = sum(v for k, v in d.items() if k.startswith("csft_pair_switches_total") and 'tier="union"' in k)
     apply_n = get('csft_patch_seconds_count{op="apply"}')
     return {
         "switches": int(get("csft_pair_switches_total")),
+        "union_switches": int(union),
         "batches": int(batches),
         "mean_batch": get("csft_batch_inputs_sum") / batches if batches else float("nan"),
         "patch_ms": 1e3 * get('csft_patch_seconds_sum{op="apply"}') / apply_n if apply_n else float("nan"),
@@ -300,18 +302,25 @@ def main() -> None:
         del model, diffs
         pairs = [(lang, task) for lang in LANGUAGES for task in TASKS]
 
-        # Warm-up: every pair once (plan layers/overlaps and heads built), then a few pinned.
+        # Warm-up: every pair twice (plan layers/overlaps and heads built; with the hot-pair
+        # tier on, every pair switched to twice is promoted and its union plan built in the
+        # background), then a few pinned.
         async def warm():
-            await run_load(main_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs], 1)
+            await run_load(main_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs * 2], 1)
             await run_load(main_srv.url, [(pairs[0][0], pairs[0][1], s) for s in SENTENCES], 1)
             if merged_srv:
                 await run_load(merged_srv.url, [(None, TASKS[0], s) for s in SENTENCES], 1)
             if alt_srv:
-                await run_load(alt_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs], 1)
+                await run_load(alt_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs * 2], 1)
         start = time.perf_counter()
         asyncio.run(warm())
-        print(f"warm-up (20 pairs + pinned) {time.perf_counter() - start:.1f} s; "
+        time.sleep(3)  # background union-plan builds (tiny next to a scenario; idle servers use no CPU)
+        print(f"warm-up (20 pairs x 2 + pinned) {time.perf_counter() - start:.1f} s; "
               f"{metric_delta({}, scrape(main_srv.url))}", flush=True)
+        for srv in (main_srv, alt_srv):
+            if srv:
+                print(f"{srv.name} plan cache after warm-up: {httpx.get(f'{srv.url}/v1/info').json()['plan_cache']}",
+                      flush=True)
 
         patterns = list(args.patterns) + (["merged"] if merged_srv else [])
         if alt_srv:
@@ -334,7 +343,7 @@ def main() -> None:
                     errs = res.pop("errors")
                     print(f"[raw] rep {rep} c={c:<3} {pattern:8s} n={res['n']} wall {res['wall']:.2f} s "
                           f"{res['rps']:.1f} req/s p50 {res['p50'] * 1e3:.1f} ms p99 {res['p99'] * 1e3:.1f} ms "
-                          f"switches {res['switches']} batches {res['batches']} mean batch {res['mean_batch']:.2f} "
+                          f"switches {res['switches']} (union {res['union_switches']}) batches {res['batches']} mean batch {res['mean_batch']:.2f} "
                           f"patch/switch {res['patch_ms']:.1f} ms (total {res['patch_s_total']:.2f} s) misses {res['misses']} "
                           f"errors {len(errs)} load {res['load']}", flush=True)
                     if errs:
@@ -352,12 +361,13 @@ def main() -> None:
                 rows.append([c, pattern, f"{median([r['rps'] for r in rs]):.1f}", f"{tr:.2f}",
                              f"{median([r['p50'] for r in rs]) * 1e3:.1f}", f"{median([r['p99'] for r in rs]) * 1e3:.1f}",
                              f"{p99r:.2f}", f"{median([r['switches'] for r in rs]):.0f}",
+                             f"{median([r['union_switches'] for r in rs]):.0f}",
                              f"{median([r['mean_batch'] for r in rs]):.2f}",
                              f"{median([r['patch_ms'] for r in rs]):.1f}" if pattern.endswith(("uniform", "zipf")) else "-",
                              f"{median([r['patch_s_total'] / r['wall'] for r in rs]):.0%}"])
         print(table(["concurrency", "traffic", "req/s", "x pinned", "p50 ms", "p99 ms", "p99 x pinned", "switches",
-                     "mean batch", "apply ms per switch", "share of wall in patching"], rows))
-        print("\n### Targets (mixed traffic vs pinned on the same server): throughput >= 0.90x, p99 <= 1.5x\n")
+                     "of which union", "mean batch", "apply ms per switch", "share of wall in patching"], rows))
+        print("\n### Targets (mixed traffic vs pinned on the same server; issue 11): throughput >= 0.90x, p99 <= 2x\n")
         for c in args.concurrency:
             if (c, "pinned") not in results:
                 continue
@@ -367,7 +377,7 @@ def main() -> None:
                 tr = median([r["rps"] / p["rps"] for r, p in zip(rs, pin)])
                 p99r = median([r["p99"] / p["p99"] for r, p in zip(rs, pin)])
                 print(f"- c={c} {pattern}: throughput {tr:.2f}x ({'MET' if tr >= 0.9 else 'MISSED'}), "
-                      f"p99 {p99r:.2f}x ({'MET' if p99r <= 1.5 else 'MISSED'})")
+                      f"p99 {p99r:.2f}x ({'MET' if p99r <= 2.0 else 'MISSED'})")
         print(f"\nloadavg at end: {loadavg()}; server logs in {workdir}")
     finally:
         for s in servers:

@@ -17,7 +17,7 @@ Two tiers of plans, both in one byte-bounded LRU (``PlanCache``, ``CSFT_PLAN_CAC
   tensor and direction instead of one per layer and overlap.
 
 Any representation of the applied composition holds the same weights, so the patcher picks
-per switch the one that writes least: layers for a one-diff switch even when the pair is
+per switch the one that writes fewest entries: layers for a one-diff switch even when the pair is
 hot (the applied union is then undone as its layers), union layers otherwise. Only the
 scheduler's worker calls :meth:`Patcher.activate` and :meth:`Patcher.restore`.
 """

@@ -5,11 +5,10 @@ plan evicted from the cache still restores exactly."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from diffs_store.compose import PatchPlan, build_union, composed_state_dict, switch
 from diffs_store.format import parse_diff
-from factories import state_sha
+from factories import counted_index_copies, state_sha
 from service.hot_tier import HotTier, UnionKey
 from service.lru import ByteLRU
 from service.model_host import ModelHost
@@ -73,18 +72,8 @@ def test_one_diff_switch_from_a_hot_pair_writes_only_the_diff_that_changes(tiny_
     assert patcher.activate(("swa", "ner"), diffs.__getitem__) == "layers"  # one diff changes: layers
     patcher.activate(("yor", "pos"), diffs.__getitem__)
     assert patcher.activate(("hau", "ner"), diffs.__getitem__) == "union"  # both change: the union sweep
-    writes: list[int] = []
-    original_copy = torch.Tensor.index_copy_
-
-    def counting(self, dim, index, source):
-        writes.append(index.numel())
-        return original_copy(self, dim, index, source)
-
-    torch.Tensor.index_copy_ = counting
-    try:
+    with counted_index_copies() as writes:
         assert patcher.activate(("swa", "ner"), diffs.__getitem__) == "layers"
-    finally:
-        torch.Tensor.index_copy_ = original_copy
     assert state_sha(host.params) == fresh
     lang_nnz = diffs["hau"].nnz + diffs["swa"].nnz
     assert lang_nnz <= sum(writes) < lang_nnz + diffs["ner"].nnz // 2

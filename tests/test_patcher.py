@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffs_store.format import parse_diff
-from factories import state_sha
+from factories import counted_index_copies, state_sha
 from service.model_host import ModelHost
 from diffs_store.compose import PatchPlan, union_nbytes
 from service.hot_tier import HotTier
@@ -132,18 +132,8 @@ def test_switch_writes_only_the_layer_that_changes(tiny_base_dir, tiny_diffs):
     patcher.activate(("swa", "ner"), diffs.__getitem__)
     fresh = state_sha(host.params)
     patcher.activate(("hau", "ner"), diffs.__getitem__)
-    writes: list[int] = []
-    original_copy = torch.Tensor.index_copy_
-
-    def counting(self, dim, index, source):
-        writes.append(index.numel())
-        return original_copy(self, dim, index, source)
-
-    torch.Tensor.index_copy_ = counting
-    try:
+    with counted_index_copies() as writes:
         patcher.activate(("swa", "ner"), diffs.__getitem__)
-    finally:
-        torch.Tensor.index_copy_ = original_copy
     assert state_sha(host.params) == fresh
     lang_nnz = diffs["hau"].nnz + diffs["swa"].nnz
     assert lang_nnz <= sum(writes) < lang_nnz + diffs["ner"].nnz // 2
