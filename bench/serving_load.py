@@ -178,6 +178,7 @@ def request_plan(pattern: str, n: int, pairs: list, seed: int, zipf_s: float) ->
 async def run_load(url: str, plan: list, concurrency: int) -> dict:
     lat: list[float] = []
     errors: list[str] = []
+    retries: list[int] = []  # requests re-sent after a transport error (latency includes the retry)
     it = iter(plan)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -187,7 +188,14 @@ async def run_load(url: str, plan: list, concurrency: int) -> dict:
                 if lang is not None:
                     body["language"] = lang
                 start = time.perf_counter()
-                r = await client.post("/v1/predict", json=body)
+                for attempt in range(3):
+                    try:
+                        r = await client.post("/v1/predict", json=body)
+                        break
+                    except httpx.TransportError:  # a kept-alive connection the server closed (c=64, loaded box)
+                        retries.append(1)
+                        if attempt == 2:
+                            raise
                 lat.append(time.perf_counter() - start)
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:200]}")
@@ -196,7 +204,7 @@ async def run_load(url: str, plan: list, concurrency: int) -> dict:
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - start
     return {"n": len(lat), "wall": wall, "rps": len(lat) / wall, "p50": q(lat, 50), "p99": q(lat, 99),
-            "mean": sum(lat) / len(lat), "errors": errors}
+            "mean": sum(lat) / len(lat), "errors": errors, "retries": len(retries)}
 
 
 _METRIC = re.compile(r'^(csft_[a-z_]+)(\{[^}]*\})?\s+([0-9.eE+-]+)$')
@@ -345,7 +353,7 @@ def main() -> None:
                           f"{res['rps']:.1f} req/s p50 {res['p50'] * 1e3:.1f} ms p99 {res['p99'] * 1e3:.1f} ms "
                           f"switches {res['switches']} (union {res['union_switches']}) batches {res['batches']} mean batch {res['mean_batch']:.2f} "
                           f"patch/switch {res['patch_ms']:.1f} ms (total {res['patch_s_total']:.2f} s) misses {res['misses']} "
-                          f"errors {len(errs)} load {res['load']}", flush=True)
+                          f"errors {len(errs)} retries {res['retries']} load {res['load']}", flush=True)
                     if errs:
                         print("   first errors:", errs[:3], flush=True)
 
