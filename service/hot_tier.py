@@ -3,10 +3,10 @@
 Why a tier: a pair switch through per-diff layers writes the language layer, the task layer
 and their overlap, one ``index_copy_`` sweep each, in both directions; one sweep over the
 union of the pair's indices (:func:`diffs_store.compose.build_union`) moves fewer cache
-lines and measured ~2x faster (docs/BENCHMARKS.md, "Hot-pair tier"). But a union plan is
-per pair (L x T of them, each about as large as both layers), while layers are per diff,
-shared by every pair, and also make one-diff switches cheap. So layers stay the base tier
-and union plans are extras for the pairs that earn them:
+lines: pair switches 1.25-1.3x faster on one CPU, ~2x on another (docs/BENCHMARKS.md,
+"Hot-pair tier"). A union plan is per pair (L x T of them, each about as large as both
+layers), while layers are per diff, shared by every pair, and also make one-diff switches
+cheap. So layers stay the base tier and union plans are extras for the pairs that earn them:
 
 * **Promotion by use.** A pair is promoted once it was switched to ``promote_after`` times
   among the last :data:`WINDOW` switches. Switches count, not requests: a pair that stays
