@@ -7,7 +7,9 @@ diff and overlaps once per pair, so a cache serving L languages x T tasks holds 
 and L x T overlaps. Measured here for the paper's K and a small K (1% + 1%), in fp32, fp16
 and bf16: PatchPlan.nbytes, PlanCache.bytes after one Patcher.activate, the process RSS
 retained after building (glibc malloc_trim before each reading, so freed memory does not
-hide growth) and the transient peak while building.
+hide growth) and the transient peak while building. The hot-pair tier adds, per hot pair,
+one union layer (compose.build_union: union indices + theta0 + composed values), on top of
+the layers it is built from: its bytes are reported per pair next to the layered tier's.
 
 Usage: python bench/plan_memory.py [--small-frac 0.01] [--langs 5 --tasks 4]
 """
@@ -28,7 +30,7 @@ from common import (  # noqa: E402
     rss_bytes, sample_sparse, table,
 )
 
-from diffs_store.compose import build_patch_plan  # noqa: E402
+from diffs_store.compose import build_patch_plan, build_union  # noqa: E402
 from service.patcher import Patcher, PlanCache  # noqa: E402
 
 MiB = 2**20
@@ -58,9 +60,13 @@ def measure(params, L, T):
     layers = [layer.nbytes for layer in plan.layers]
     overlap = plan.overlap.nbytes if plan.overlap else 0
     overlap_n = sum(t.indices.numel() for t in plan.overlap.tensors.values()) if plan.overlap else 0
+    start = time.perf_counter()
+    union = build_union(plan)
+    union_s = time.perf_counter() - start
     res = dict(nbytes=plan.nbytes, lang_layer=layers[0], task_layer=layers[1], overlap=overlap, overlap_n=overlap_n,
-               rss_retained=after - before, rss_peak=peak.peak - before, build_s=build_s, nnz=plan.nnz)
-    del plan
+               rss_retained=after - before, rss_peak=peak.peak - before, build_s=build_s, nnz=plan.nnz,
+               union=union.nbytes, union_s=union_s)
+    del plan, union
     gc.collect()
     # The server's accounting: PlanCache.bytes after one cold activate through the Patcher.
     cache = PlanCache(1 << 62)
@@ -96,7 +102,7 @@ def main() -> None:
                         make_diff(sample_sparse(params, kt, 20 + i), "task", "ner"))
     print(f"mBERT-sized model: {n:,} maskable entries; diffs sampled; RSS {rss_bytes() / MiB:.0f} MiB", flush=True)
 
-    rows, proj_rows = [], []
+    rows, proj_rows, tier_rows = [], [], []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         model.to(dtype)
         params = base_param_dict(model)
@@ -112,8 +118,16 @@ def main() -> None:
                 f"{r['nbytes'] / ref_bytes:.2f}", f"{r['nbytes'] / (kl + kt):.2f}", f"{r['cache_bytes'] / MiB:.0f}",
                 f"{r['rss_retained'] / MiB:.0f}", f"{r['rss_peak'] / MiB:.0f}", f"{r['build_s']:.2f}",
             ])
-            # Projection for a cache of L languages x T tasks: layers once per diff, overlaps per pair.
+            # Bytes per cached pair, both tiers: the layered tier shares layers between pairs
+            # (per pair: its overlap + its share of the layers in an L x T cache); a hot pair
+            # adds its union layer on top.
             nl, nt = args.langs, args.tasks
+            layered_pair = r["overlap"] + r["lang_layer"] / nt + r["task_layer"] / nl
+            tier_rows.append([name, label, f"{r['nbytes'] / MiB:.0f}", f"{layered_pair / MiB:.1f}",
+                              f"{r['union'] / MiB:.0f}", f"{r['union'] / ref_bytes:.2f}",
+                              f"{r['union'] / (kl + kt - r['overlap_n']):.1f}", f"{r['union_s']:.2f}",
+                              f"{(layered_pair * nl * nt + r['union'] * nl * nt) / MiB:.0f}"])
+            # Projection for a cache of L languages x T tasks: layers once per diff, overlaps per pair.
             cache_bytes = nl * r["lang_layer"] + nt * r["task_layer"] + nl * nt * r["overlap"]
             pair_plans = nl * nt * r["nbytes"]
             ref_all = nl * nt * ref_bytes
@@ -130,6 +144,11 @@ def main() -> None:
     print(table(["dtype", "case", "language layer, MiB", "task layer, MiB", "overlap per pair, MiB (entries)",
                  "PlanCache (layers once + overlaps), MiB", "if plans were per pair, MiB",
                  "pairs x (K_l+K_t) x 8 B, MiB", "cache / that"], proj_rows))
+    print(f"\n## Bytes per cached pair, both tiers ({args.langs} x {args.tasks} cache for the layered share)\n")
+    print(table(["dtype", "case", "one pair's layers + overlap, MiB", f"layered tier per pair in a {args.langs} x {args.tasks} "
+                 "cache, MiB", "hot tier: union plan per pair, MiB", "union / ((K_l+K_t) x 8 B)", "union bytes / union entry",
+                 "union build s (off the worker)", f"all {args.langs * args.tasks} pairs hot: layers + unions, MiB"],
+                tier_rows))
     print(f"\nloadavg at end: {loadavg()}")
 
 

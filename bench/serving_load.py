@@ -178,6 +178,7 @@ def request_plan(pattern: str, n: int, pairs: list, seed: int, zipf_s: float) ->
 async def run_load(url: str, plan: list, concurrency: int) -> dict:
     lat: list[float] = []
     errors: list[str] = []
+    retries: list[int] = []  # requests re-sent after a transport error (latency includes the retry)
     it = iter(plan)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -187,7 +188,14 @@ async def run_load(url: str, plan: list, concurrency: int) -> dict:
                 if lang is not None:
                     body["language"] = lang
                 start = time.perf_counter()
-                r = await client.post("/v1/predict", json=body)
+                for attempt in range(3):
+                    try:
+                        r = await client.post("/v1/predict", json=body)
+                        break
+                    except httpx.TransportError:  # a kept-alive connection the server closed (c=64, loaded box)
+                        retries.append(1)
+                        if attempt == 2:
+                            raise
                 lat.append(time.perf_counter() - start)
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:200]}")
@@ -196,7 +204,7 @@ async def run_load(url: str, plan: list, concurrency: int) -> dict:
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - start
     return {"n": len(lat), "wall": wall, "rps": len(lat) / wall, "p50": q(lat, 50), "p99": q(lat, 99),
-            "mean": sum(lat) / len(lat), "errors": errors}
+            "mean": sum(lat) / len(lat), "errors": errors, "retries": len(retries)}
 
 
 _METRIC = re.compile(r'^(csft_[a-z_]+)(\{[^}]*\})?\s+([0-9.eE+-]+)$')
@@ -222,9 +230,11 @@ def metric_delta(before: dict, after: dict) -> dict:
         return sum(v for k, v in d.items() if k.startswith(prefix))
 
     batches = get("csft_batch_inputs_count")
+    union = sum(v for k, v in d.items() if k.startswith("csft_pair_switches_total") and 'tier="union"' in k)
     apply_n = get('csft_patch_seconds_count{op="apply"}')
     return {
         "switches": int(get("csft_pair_switches_total")),
+        "union_switches": int(union),
         "batches": int(batches),
         "mean_batch": get("csft_batch_inputs_sum") / batches if batches else float("nan"),
         "patch_ms": 1e3 * get('csft_patch_seconds_sum{op="apply"}') / apply_n if apply_n else float("nan"),
@@ -300,18 +310,25 @@ def main() -> None:
         del model, diffs
         pairs = [(lang, task) for lang in LANGUAGES for task in TASKS]
 
-        # Warm-up: every pair once (plan layers/overlaps and heads built), then a few pinned.
+        # Warm-up: every pair twice (plan layers/overlaps and heads built; with the hot-pair
+        # tier on, every pair switched to twice is promoted and its union plan built in the
+        # background), then a few pinned.
         async def warm():
-            await run_load(main_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs], 1)
+            await run_load(main_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs * 2], 1)
             await run_load(main_srv.url, [(pairs[0][0], pairs[0][1], s) for s in SENTENCES], 1)
             if merged_srv:
                 await run_load(merged_srv.url, [(None, TASKS[0], s) for s in SENTENCES], 1)
             if alt_srv:
-                await run_load(alt_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs], 1)
+                await run_load(alt_srv.url, [(l, t, SENTENCES[0]) for l, t in pairs * 2], 1)
         start = time.perf_counter()
         asyncio.run(warm())
-        print(f"warm-up (20 pairs + pinned) {time.perf_counter() - start:.1f} s; "
+        time.sleep(3)  # background union-plan builds (tiny next to a scenario; idle servers use no CPU)
+        print(f"warm-up (20 pairs x 2 + pinned) {time.perf_counter() - start:.1f} s; "
               f"{metric_delta({}, scrape(main_srv.url))}", flush=True)
+        for srv in (main_srv, alt_srv):
+            if srv:
+                print(f"{srv.name} plan cache after warm-up: {httpx.get(f'{srv.url}/v1/info').json()['plan_cache']}",
+                      flush=True)
 
         patterns = list(args.patterns) + (["merged"] if merged_srv else [])
         if alt_srv:
@@ -334,9 +351,9 @@ def main() -> None:
                     errs = res.pop("errors")
                     print(f"[raw] rep {rep} c={c:<3} {pattern:8s} n={res['n']} wall {res['wall']:.2f} s "
                           f"{res['rps']:.1f} req/s p50 {res['p50'] * 1e3:.1f} ms p99 {res['p99'] * 1e3:.1f} ms "
-                          f"switches {res['switches']} batches {res['batches']} mean batch {res['mean_batch']:.2f} "
+                          f"switches {res['switches']} (union {res['union_switches']}) batches {res['batches']} mean batch {res['mean_batch']:.2f} "
                           f"patch/switch {res['patch_ms']:.1f} ms (total {res['patch_s_total']:.2f} s) misses {res['misses']} "
-                          f"errors {len(errs)} load {res['load']}", flush=True)
+                          f"errors {len(errs)} retries {res['retries']} load {res['load']}", flush=True)
                     if errs:
                         print("   first errors:", errs[:3], flush=True)
 
@@ -352,12 +369,13 @@ def main() -> None:
                 rows.append([c, pattern, f"{median([r['rps'] for r in rs]):.1f}", f"{tr:.2f}",
                              f"{median([r['p50'] for r in rs]) * 1e3:.1f}", f"{median([r['p99'] for r in rs]) * 1e3:.1f}",
                              f"{p99r:.2f}", f"{median([r['switches'] for r in rs]):.0f}",
+                             f"{median([r['union_switches'] for r in rs]):.0f}",
                              f"{median([r['mean_batch'] for r in rs]):.2f}",
                              f"{median([r['patch_ms'] for r in rs]):.1f}" if pattern.endswith(("uniform", "zipf")) else "-",
                              f"{median([r['patch_s_total'] / r['wall'] for r in rs]):.0%}"])
         print(table(["concurrency", "traffic", "req/s", "x pinned", "p50 ms", "p99 ms", "p99 x pinned", "switches",
-                     "mean batch", "apply ms per switch", "share of wall in patching"], rows))
-        print("\n### Targets (mixed traffic vs pinned on the same server): throughput >= 0.90x, p99 <= 1.5x\n")
+                     "of which union", "mean batch", "apply ms per switch", "share of wall in patching"], rows))
+        print("\n### Targets (mixed traffic vs pinned on the same server; issue 11): throughput >= 0.90x, p99 <= 2x\n")
         for c in args.concurrency:
             if (c, "pinned") not in results:
                 continue
@@ -367,7 +385,7 @@ def main() -> None:
                 tr = median([r["rps"] / p["rps"] for r, p in zip(rs, pin)])
                 p99r = median([r["p99"] / p["p99"] for r, p in zip(rs, pin)])
                 print(f"- c={c} {pattern}: throughput {tr:.2f}x ({'MET' if tr >= 0.9 else 'MISSED'}), "
-                      f"p99 {p99r:.2f}x ({'MET' if p99r <= 1.5 else 'MISSED'})")
+                      f"p99 {p99r:.2f}x ({'MET' if p99r <= 2.0 else 'MISSED'})")
         print(f"\nloadavg at end: {loadavg()}; server logs in {workdir}")
     finally:
         for s in servers:

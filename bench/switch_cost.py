@@ -18,8 +18,11 @@ per-round ratios and, as a noise-robust second view, best-of-rounds times:
 * ours+pc -- the server's default (CSFT_PRISTINE_COPY=true): the same plans, switched by
              compose.switch with an untouched copy of the base, so a tensor with more than
              copied back whole when that writes less (compose.DENSE_COPY_COST).
-* alt union -- not a code path, what a change would buy: one pair-level plan written in one
-             index_copy_ sweep per direction (the previous pair-plan design).
+* hot     -- the hot-pair tier (service.hot_tier, server default CSFT_HOT_PROMOTE_AFTER=2):
+             Patcher.activate / restore with the pristine copy on a pair promoted to a union
+             layer (compose.build_union: union indices, theta0, composed values), one
+             index_copy_ sweep per tensor and direction. One-diff switches between hot pairs
+             stay on layers (the patcher's rule); union build time is reported separately.
 
 Switches between compositions (steady state, one composition always applied):
 language only (L1,T1)<->(L2,T1), task only (L1,T1)<->(L1,T2), both (L1,T1)<->(L2,T2).
@@ -56,7 +59,8 @@ MBERT_MASKABLE = 177_815_040
 
 import inspect  # noqa: E402
 
-from diffs_store.compose import PatchPlan, build_patch_plan, switch  # noqa: E402
+from diffs_store.compose import PatchPlan, build_patch_plan, build_union, switch  # noqa: E402
+from service.hot_tier import HotTier, UnionKey  # noqa: E402
 from service.patcher import Patcher, PlanCache  # noqa: E402
 
 
@@ -199,22 +203,23 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
 
     # Each method: (setup, [timed step functions per rep], teardown). A rep's time is the
     # sum of its steps; for switches each rep is two switches (there and back), reported per switch.
-    def ours_pair():
+    # ours_pair / ours_switch time a Patcher: ``patcher`` (layers) or ``hot`` (below).
+    def ours_pair(p=patcher):
         def rep():
-            a = _t(lambda: patcher.activate(keys["A"], loader))
-            r = _t(patcher.restore)
+            a = _t(lambda: p.activate(keys["A"], loader))
+            r = _t(p.restore)
             return a + r, {"apply": a, "restore": r}
         return None, rep, None
 
-    def ours_switch(other):
+    def ours_switch(other, p=patcher):
         def setup():
-            patcher.activate(keys["A"], loader)
+            p.activate(keys["A"], loader)
 
         def rep():
-            x = _t(lambda: patcher.activate(keys[other], loader))
-            y = _t(lambda: patcher.activate(keys["A"], loader))
+            x = _t(lambda: p.activate(keys[other], loader))
+            y = _t(lambda: p.activate(keys["A"], loader))
             return (x + y) / 2, {}
-        return setup, rep, patcher.restore
+        return setup, rep, p.restore
 
     def pc_pair():
         def rep():
@@ -280,34 +285,32 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
             return a + r, {"apply": a, "restore": r}
         return None, rep, None
 
-    # Alternative (not the code path; what a change would buy): "alt union", one pair-level
-    # plan at the union indices (composed and original values), one index_copy_ sweep per
-    # direction -- the previous pair-plan design (commit df884b4).
-    patcher.activate(keys["A"], loader)
-    union_idx, union_new, union_old = {}, {}, {}
-    for name in touched:
-        parts_idx = [layer.tensors[name].indices for layer in plan_a.layers if name in layer.tensors]
-        idx = torch.unique(torch.cat(parts_idx)) if len(parts_idx) > 1 else parts_idx[0]
-        union_idx[name] = idx
-        union_new[name] = params[name].detach().view(-1).index_select(0, idx)
-        union_old[name] = pristine[name].view(-1).index_select(0, idx)
-    patcher.restore()
-
-    @torch.no_grad()
-    def write_union(values):
-        for name, idx in union_idx.items():
-            params[name].view(-1).index_copy_(0, idx, values[name])
-
-    def alt_union():
-        def rep():
-            a = _t(lambda: write_union(union_new))
-            r = _t(lambda: write_union(union_old))
-            return a + r, {"apply": a, "restore": r}
-        return None, rep, None
+    # The hot-pair tier, as the server runs it: pristine copy, union layers built by the
+    # tier (here inline, in the server on the prewarm thread) for the four pairs, on the
+    # same layer and overlap objects as "ours" (shared, not rebuilt).
+    hcache = PlanCache(1 << 62)
+    for ids in keys.values():
+        for item_key in (*ids, ids):
+            hcache.put(item_key, cache.get(item_key))
+    hot = Patcher(params, hcache, pristine, HotTier(hcache, promote_after=1, submit=lambda fn: fn()))
+    for k in ("A", "B", "C", "D", "A"):
+        hot.activate(keys[k], loader)
+    hot.restore()
+    assert all(UnionKey(keys[k]) in hcache for k in keys), "union plans not built"
+    union_builds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        build_union(PatchPlan(tuple(hcache.get(i) for i in keys["A"]), hcache.get(keys["A"])))
+        union_builds.append(time.perf_counter() - start)
+    union_mib = hcache.peek(UnionKey(keys["A"])).nbytes / 2**20
+    gc.collect()
+    log(f"[{label}] union plan build (off the worker) median of 3: {median(union_builds) * 1e3:.0f} ms; "
+        f"union plan {union_mib:.0f} MiB per pair")
 
     methods = {
         "ours pair": ours_pair(), "ref pair": ref_pair(), "dense pair": dense_pair_m(), "bound pair": bound(),
-        "alt union pair": alt_union(),
+        "hot pair": ours_pair(hot), "hot lang-switch": ours_switch("B", hot), "hot task-switch": ours_switch("C", hot),
+        "hot pair-switch": ours_switch("D", hot),
         "ours lang-switch": ours_switch("B"), "ours task-switch": ours_switch("C"), "ours pair-switch": ours_switch("D"),
         "ref lang-switch": ref_switch(["L1"], ["L2"]), "ref task-switch": ref_switch(["T1"], ["T2"]),
         "ref pair-switch": ref_switch(["L1", "T1"], ["L2", "T2"]),
@@ -335,10 +338,10 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
             if teardown:
                 teardown()
             per_round[m].append(median(times))
-            if m.startswith("ours") or m.startswith("bound") or m.startswith("alt"):
+            if m.startswith(("ours", "hot", "bound")):
                 ok = exact(params, pristine)
-                ours_exact &= ok if m.startswith("ours") else True
-                if m.startswith("ours"):
+                ours_exact &= ok if m.startswith(("ours", "hot")) else True
+                if m.startswith(("ours", "hot")):
                     ours_cycles += inner * (1 if m.endswith(" pair") else 2)
                 if not ok:
                     log(f"  !! {m} left the weights changed")
@@ -368,7 +371,8 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
 
     res = {
         "label": label, "k_lang": k_lang, "k_task": k_task, "union": union, "build_ms": median(builds) * 1e3,
-        "plan_mib": plan_a.nbytes / 2**20, "touched_mib": touched_bytes / 2**20,
+        "plan_mib": plan_a.nbytes / 2**20, "union_mib": union_mib, "union_build_ms": median(union_builds) * 1e3,
+        "touched_mib": touched_bytes / 2**20,
         "ms": {m: median(v) * 1e3 for m, v in per_round.items()},
         "min_ms": {m: min(v) * 1e3 for m, v in per_round.items()},
         "parts": {m: {k: median(v) * 1e3 for k, v in p.items() if v} for m, p in parts.items()},
@@ -379,9 +383,14 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
             "ours lang/pair": ratio("ours lang-switch", "ours pair"),
             "ours task/pair": ratio("ours task-switch", "ours pair"),
             "ours pair-switch/pair": ratio("ours pair-switch", "ours pair"),
-            "alt union/bound": ratio("alt union pair", "bound pair"),
-            "ref/alt union": ratio("ref pair", "alt union pair"),
-            "ours/alt union": ratio("ours pair", "alt union pair"),
+            "hot/bound": ratio("hot pair", "bound pair"),
+            "ref/hot": ratio("ref pair", "hot pair"),
+            "ours+pc/hot": ratio("ours+pc pair", "hot pair") if has_pc else float("nan"),
+            "hot pair-switch/bound": ratio("hot pair-switch", "bound pair"),
+            "hot lang-switch/hot pair": ratio("hot lang-switch", "hot pair"),
+            "hot task-switch/hot pair": ratio("hot task-switch", "hot pair"),
+            "hot lang-switch/hot pair-switch": ratio("hot lang-switch", "hot pair-switch"),
+            "hot lang-switch/ours+pc pair": ratio("hot lang-switch", "ours+pc pair") if has_pc else float("nan"),
             "ours lang-switch/bound": ratio("ours lang-switch", "bound pair"),
             "ref/ours lang-switch": ratio("ref lang-switch", "ours lang-switch"),
             "ref/ours task-switch": ratio("ref task-switch", "ours task-switch"),
@@ -391,13 +400,14 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
         "best_ratios": {
             "ours/bound": best_ratio("ours pair", "bound pair"), "ref/ours": best_ratio("ref pair", "ours pair"),
             "ours/dense": best_ratio("ours pair", "dense pair"), "ours lang/pair": best_ratio("ours lang-switch", "ours pair"),
+            "hot/bound": best_ratio("hot pair", "bound pair"), "ref/hot": best_ratio("ref pair", "hot pair"),
             "ours task/pair": best_ratio("ours task-switch", "ours pair"),
             **({"ours+pc/bound": best_ratio("ours+pc pair", "bound pair"),
                 "ref/ours+pc": best_ratio("ref pair", "ours+pc pair")} if has_pc else {}),
         },
         "ours_cycles": ours_cycles, "ours_exact": ours_exact, "drifts": drifts,
     }
-    del coo, dense_pair, dense_one, cache, patcher, plan_a, union_idx, union_new, union_old
+    del coo, dense_pair, dense_one, cache, patcher, plan_a, hot, hcache
     gc.collect()
     return res
 
@@ -512,10 +522,10 @@ def main() -> None:
     log("\n## Summary: switch cost (medians over rounds, ms; ratios are medians of per-round ratios)\n")
     for r in results:
         log(f"### {r['label']}: K_lang={r['k_lang']:,}, K_task={r['k_task']:,}, union {r['union']:,}; "
-            f"touched tensors {r['touched_mib']:.0f} MiB; plan {r['plan_mib']:.0f} MiB; plan build {r['build_ms']:.0f} ms "
-            f"(excluded below)\n")
+            f"touched tensors {r['touched_mib']:.0f} MiB; plan {r['plan_mib']:.0f} MiB; plan build {r['build_ms']:.0f} ms; "
+            f"union plan {r['union_mib']:.0f} MiB, built in {r['union_build_ms']:.0f} ms (excluded below)\n")
         rows = []
-        for m in ("ours pair", "ours+pc pair", "ref pair", "dense pair", "bound pair", "alt union pair"):
+        for m in ("ours pair", "ours+pc pair", "hot pair", "ref pair", "dense pair", "bound pair"):
             if m not in r["parts"]:
                 continue
             p = r["parts"][m]
@@ -527,12 +537,13 @@ def main() -> None:
         rows = []
         for kind in ("lang", "task", "pair"):
             row = [f"{kind}-only switch" if kind != "pair" else "both (pair) switch"]
-            for m in ("ours", "ours+pc", "ref", "dense"):
+            for m in ("ours", "ours+pc", "hot", "ref", "dense"):
                 key = f"{m} {kind}-switch"
                 row.append(f"{r['ms'][key]:.1f}" if key in r["ms"] else "-")
             row.append(f"{r['ms']['bound pair']:.1f}")
             rows.append(row)
-        log(table(["one switch (old -> new composition)", "ours", "ours+pc", "ref (COO)", "dense", "bound (2 passes)"], rows))
+        log(table(["one switch (old -> new composition)", "ours", "ours+pc", "hot (both pairs hot)", "ref (COO)", "dense",
+                   "bound (2 passes)"], rows))
         log("")
         log(table(["ratio", "median of per-round ratios", "ratio of best times"],
                   [[k, f"{v:.2f}", f"{r['best_ratios'][k]:.2f}" if k in r["best_ratios"] else "-"] for k, v in r["ratios"].items()]))
@@ -557,8 +568,17 @@ def main() -> None:
         ob, ro = paper["ratios"]["ours+pc/bound"], smallr["ratios"]["ref/ours+pc"]
         log(f"- with the pristine copy (server default): paper K ours+pc / bound = {ob:.2f}: "
             f"{'MET' if ob <= 1.3 else 'MISSED'}; small K ref / ours+pc = {ro:.2f}: {'MET' if ro >= 2 else 'MISSED'}")
-    log(f"- alternative pair-level union plan: paper K / bound = {paper['ratios']['alt union/bound']:.2f}; "
-        f"small K ref / union = {smallr['ratios']['ref/alt union']:.2f}")
+    hb, rh = paper["ratios"]["hot/bound"], smallr["ratios"]["ref/hot"]
+    log(f"- hot-pair tier (union plan): paper K hot / bound = {hb:.2f} (target <= 0.85): {'MET' if hb <= 0.85 else 'MISSED'} "
+        f"(best times {paper['best_ratios']['hot/bound']:.2f}); small K ref / hot = {rh:.2f} (target >= 2.00): "
+        f"{'MET' if rh >= 2 else 'MISSED'} (best times {smallr['best_ratios']['ref/hot']:.2f}); "
+        f"paper K ref / hot = {paper['ratios']['ref/hot']:.2f}")
+    for r in results:
+        lp = r["ratios"]["hot lang-switch/hot pair"]
+        log(f"- {r['label']}: language-only switch (layers, between hot pairs) / hot pair apply+restore = {lp:.2f} "
+            f"(target <= 0.60): {'MET' if lp <= 0.6 else 'MISSED'}; / hot pair switch = "
+            f"{r['ratios']['hot lang-switch/hot pair-switch']:.2f}; / layered pair apply+restore (ours+pc) = "
+            f"{r['ratios']['hot lang-switch/ours+pc pair']:.2f}")
     log(f"switch code: compose.switch with pristine support: {'pristine' in inspect.signature(switch).parameters}")
     for r in results:
         log(f"- {r['label']}: ours language-only switch / pair apply+restore = {r['ratios']['ours lang/pair']:.2f}, "

@@ -15,6 +15,9 @@ both diffs touch an :class:`Overlap` (theta0 + both deltas, and each diff's valu
 Layers are per diff, not per pair, so a cache of layers costs the diffs' size once however
 many pairs they form, and :func:`switch` writes only what changes: going from (L1, T) to
 (L2, T) touches L1 and L2 (plus their small overlaps with T), never the rest of T.
+For a pair that switches often, :func:`build_union` folds its two layers and overlap into
+one *union layer* (union indices, theta0 there, composed values there): the same weights,
+written in one sweep per tensor and direction instead of three (the service's hot-pair tier).
 
 Every write is an ``index_copy_`` of precomputed values; restoring copies saved originals
 back instead of subtracting, so it is bit-exact in every dtype after any number of cycles.
@@ -51,9 +54,11 @@ class TensorLayer:
 
 @dataclass(frozen=True)
 class DiffLayer:
-    """One diff planned against a pristine base."""
+    """One diff planned against a pristine base, or (``union``) a whole pair's composition
+    folded into one layer by :func:`build_union`."""
 
     tensors: dict[str, TensorLayer]
+    union: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -144,6 +149,62 @@ def build_overlap(first: DiffLayer, second: DiffLayer, first_diff: SparseDiff, s
     return Overlap(tensors)
 
 
+def build_union(plan: PatchPlan) -> DiffLayer:
+    """A (language, task) plan as one layer: per tensor the union of both layers' indices,
+    theta0 there and the composed value there.
+
+    Every value is copied from the plan (a layer's ``patched`` where one diff touches an
+    entry, the overlap's ``both`` where both do), so the union layer writes bit-identical
+    weights to the layered plan and to ``csft merge``, and restoring it writes theta0 back.
+    It reads no diff and no live weight, so any thread may build it. A tensor only one diff
+    touches is shared with that layer, not copied (its bytes are then counted twice while
+    both are cached: the accounting errs on the safe side).
+    """
+    if len(plan.layers) != 2:
+        raise ValueError("a union layer folds exactly two layers (a language and a task)")
+    first, second = plan.layers
+    overlaps = plan.overlap.tensors if plan.overlap else {}
+    tensors = {}
+    for name in first.tensors.keys() | second.tensors.keys():
+        a, b = first.tensors.get(name), second.tensors.get(name)
+        tensors[name] = _union_tensor(a, b, overlaps.get(name)) if a is not None and b is not None else (a or b)
+    return DiffLayer(tensors, union=True)
+
+
+def _union_tensor(a: TensorLayer, b: TensorLayer, overlap: TensorOverlap | None) -> TensorLayer:
+    """Merge two sorted layers of one tensor by position arithmetic (no sort): after
+    dropping the entries of ``b`` that ``a`` also has, an entry's place in the union is its
+    place in its own layer plus the number of the other layer's entries below it."""
+    b_idx, b_orig, b_patched = b.indices, b.original, b.patched
+    if overlap is not None:
+        only_b = torch.ones_like(b_idx, dtype=torch.bool)
+        only_b[torch.searchsorted(b_idx, overlap.indices)] = False
+        b_idx, b_orig, b_patched = b_idx[only_b], b_orig[only_b], b_patched[only_b]
+    pos_a = torch.arange(a.indices.numel(), device=b_idx.device) + torch.searchsorted(b_idx, a.indices)
+    pos_b = torch.arange(b_idx.numel(), device=b_idx.device) + torch.searchsorted(a.indices, b_idx)
+    n = a.indices.numel() + b_idx.numel()
+    out = TensorLayer(a.indices.new_empty(n), a.original.new_empty(n), a.patched.new_empty(n))
+    for dst, from_a, from_b in ((out.indices, a.indices, b_idx), (out.original, a.original, b_orig),
+                                (out.patched, a.patched, b_patched)):
+        dst[pos_a] = from_a
+        dst[pos_b] = from_b
+    if overlap is not None:
+        out.patched[pos_a[torch.searchsorted(a.indices, overlap.indices)]] = overlap.both
+    return out
+
+
+def union_nbytes(plan: PatchPlan) -> int:
+    """What :func:`build_union` will hold for ``plan``, without building it."""
+    first, second = plan.layers
+    overlaps = plan.overlap.tensors if plan.overlap else {}
+    total = 0
+    for name in first.tensors.keys() | second.tensors.keys():
+        parts = [t for t in (first.tensors.get(name), second.tensors.get(name)) if t is not None]
+        n = sum(t.indices.numel() for t in parts) - (overlaps[name].indices.numel() if name in overlaps else 0)
+        total += n * (parts[0].indices.element_size() + 2 * parts[0].original.element_size())
+    return total
+
+
 def build_patch_plan(params: Params, diffs: Sequence[SparseDiff]) -> PatchPlan:
     """Plan a composition of at most one language and one task diff against pristine ``params``."""
     ordered = canonical_order(diffs)
@@ -157,6 +218,10 @@ def build_patch_plan(params: Params, diffs: Sequence[SparseDiff]) -> PatchPlan:
 # docs/BENCHMARKS.md). With a pristine copy, a tensor is restored whole when that plus
 # writing the whole target is cheaper than undoing and redoing entry by entry.
 DENSE_COPY_COST = 0.08
+# The same when what is restored is a union layer: its one dense index stream writes
+# ~4.8 ns/entry at 12% density (docs/BENCHMARKS.md section 1, "alt union"), so copying a
+# tensor whole pays off only above ~15% density.
+UNION_DENSE_COPY_COST = 0.15
 
 
 @torch.no_grad()
@@ -165,7 +230,7 @@ def switch(
     current: PatchPlan | None,
     target: PatchPlan | None,
     pristine: Params | None = None,
-    dense_copy_cost: float = DENSE_COPY_COST,
+    dense_copy_cost: float | None = None,
 ) -> None:
     """Move ``params`` from composition ``current`` (None: pristine) to ``target``.
 
@@ -173,7 +238,9 @@ def switch(
     layer in both compositions is left in place and only the changing ones are written.
     With ``pristine`` (an untouched copy of the base), a tensor is copied back whole and the
     target written afresh when that writes less than undoing and redoing entry by entry
-    (dense diffs, both layers changing); same bytes either way.
+    (dense diffs, both layers changing); same bytes either way. ``dense_copy_cost`` defaults
+    to the rate of what is restored (:data:`UNION_DENSE_COPY_COST` when that is only union
+    layers, else :data:`DENSE_COPY_COST`).
     """
     cur = current.layers if current else ()
     tgt = target.layers if target else ()
@@ -181,6 +248,9 @@ def switch(
     added = [layer for layer in tgt if not any(layer is c for c in cur)]
     if not removed and not added:
         return
+    if dense_copy_cost is None:
+        all_union = bool(removed) and all(layer.union for layer in removed)
+        dense_copy_cost = UNION_DENSE_COPY_COST if all_union else DENSE_COPY_COST
     kept_first = None  # set when one of two layers stays: is it the first (language) one?
     if removed and len(removed) < len(cur):
         kept_first = cur[0] is not removed[0]

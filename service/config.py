@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         True, description="Keep an untouched copy of the base (one model's memory) so dense diffs restore by whole-tensor copies."
     )
     plan_cache_bytes: int = Field(2 * 1024**3, ge=0, description="Byte budget of cached patch plans.")
+    hot_promote_after: int = Field(
+        2, ge=0, description="A (language, task) pair switched to this many times among the last 64 switches gets a "
+        "union plan (built off the worker, in the plan cache's slack); 0 turns the hot-pair tier off.",
+    )
     prewarm: bool = Field(
         True, description="Build a diff's patch layer when it is uploaded or announced (off the worker, pristine copy needed)."
     )

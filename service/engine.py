@@ -31,6 +31,7 @@ from service import metrics
 from service.config import Settings
 from service.model_host import ModelHost
 from service.lru import ByteLRU
+from service.hot_tier import HotTier
 from service.patcher import Patcher, PlanCache, switch_kind
 from service.registry_watch import RegistryWatch
 from service.scheduler import Job, Scheduler
@@ -98,7 +99,9 @@ class Engine:
         self.registry = registry
         self.plans = PlanCache(settings.plan_cache_bytes)
         pristine = {k: v.detach().clone() for k, v in host.params.items()} if settings.pristine_copy else None
-        self.patcher = Patcher(host.params, self.plans, pristine)
+        # Union plans of hot pairs are built on the prewarm thread (_warm_pool, below).
+        hot = HotTier(self.plans, settings.hot_promote_after, self._submit_warm)
+        self.patcher = Patcher(host.params, self.plans, pristine, hot)
         self.scheduler = Scheduler(
             self._execute,
             lambda: self.patcher.active,
@@ -174,6 +177,18 @@ class Engine:
             self._warm_pool.submit(self._prewarm)
         except RuntimeError:  # shutting down
             pass
+
+    def _submit_warm(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the prewarm thread, after what is queued there (off the worker).
+        Raises RuntimeError once the engine is stopping."""
+
+        def logged() -> None:
+            try:
+                fn()
+            except Exception:  # the work just stays undone; the request path does not depend on it
+                log.exception("background planning failed")
+
+        self._warm_pool.submit(logged)
 
     def wait_prewarmed(self, timeout: float) -> bool:
         """Block until the prewarming passes queued so far are done (benchmarks, tests)."""
@@ -360,9 +375,9 @@ class Engine:
                 cold = any(i is not None and i not in self.plans for i in key)
                 kind = "cold" if cold else switch_kind(self.patcher.active, key)
                 start = time.perf_counter()
-                self.patcher.activate(key, load_diff)
-                metrics.SWITCHES.labels(kind).inc()
-                metrics.SWITCH_SECONDS.labels(kind).inc(time.perf_counter() - start)
+                tier = self.patcher.activate(key, load_diff)
+                metrics.SWITCHES.labels(kind, tier).inc()
+                metrics.SWITCH_SECONDS.labels(kind, tier).inc(time.perf_counter() - start)
             prepared = [p for job in jobs for p in job.payload[1]]
             results: list[dict] = []
             step = self.settings.max_batch_size

@@ -30,10 +30,16 @@ PREWARMED = Counter("csft_prewarmed_total", "Layers, heads and pair overlaps bui
 SWITCHES = Counter(
     "csft_pair_switches_total",
     "Times the applied composition changed, by kind: language or task (one diff changes), pair (both), "
-    "base (from or to the bare base), cold (a diff had to be planned first).",
-    ["kind"],
+    "base (from or to the bare base), cold (a diff had to be planned first); and by the tier that wrote "
+    "the target: union (a hot pair's union plan) or layers.",
+    ["kind", "tier"],
 )
-SWITCH_SECONDS = Counter("csft_switch_seconds_total", "Worker time spent switching compositions, by kind.", ["kind"])
+SWITCH_SECONDS = Counter(
+    "csft_switch_seconds_total", "Worker time spent switching compositions, by kind and tier.", ["kind", "tier"]
+)
+HOT_PAIRS = Gauge("csft_hot_pairs", "Pairs with a cached union plan (the hot-pair tier of the plan cache).")
+HOT_PLAN_BYTES = Gauge("csft_hot_plan_bytes", "Bytes of the plan cache held by hot pairs' union plans.")
+HOT_PROMOTIONS = Counter("csft_hot_promotions_total", "Union plans built for pairs promoted by use.")
 REGISTRY_UP = Gauge("csft_registry_up", "1 when the last registry poll succeeded (circuit breaker closed).")
 
 

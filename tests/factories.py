@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from transformers import AutoModel, BertConfig, PreTrainedModel, XLMRobertaConfig
@@ -92,3 +94,21 @@ def state_sha(params) -> str:
         h.update(name.encode())
         h.update(params[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@contextmanager
+def counted_index_copies() -> Iterator[list[int]]:
+    """Inside the block, the entries written by every ``Tensor.index_copy_`` call, in order
+    (to check that a switch writes only what changes)."""
+    writes: list[int] = []
+    original = torch.Tensor.index_copy_
+
+    def counting(self, dim, index, source):
+        writes.append(index.numel())
+        return original(self, dim, index, source)
+
+    torch.Tensor.index_copy_ = counting
+    try:
+        yield writes
+    finally:
+        torch.Tensor.index_copy_ = original

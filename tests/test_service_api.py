@@ -216,7 +216,8 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
         assert client.post("/v1/predict", json={"language": "hau", "task": "pos", "inputs": ["mary"]}).status_code == 200
         assert switch_kind(before, engine.patcher.active) == "language"
         text = client.get("/metrics").text
-        assert 'csft_pair_switches_total{kind="language"}' in text and 'csft_switch_seconds_total{kind="language"}' in text
+        assert 'csft_pair_switches_total{kind="language",tier="layers"}' in text
+        assert 'csft_switch_seconds_total{kind="language",tier="layers"}' in text
     cold_settings = settings.model_copy(update={"data_dir": tmp_path / "cold", "prewarm": False})
     with TestClient(create_app(cold_settings)) as client:
         for data in tiny_diffs.values():

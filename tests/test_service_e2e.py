@@ -1,5 +1,6 @@
 """A real `csft serve` process (uvicorn on loopback) under concurrent mixed traffic: every
-answer must equal the offline-merged model of its pair (the `csft merge` composition)."""
+answer must equal the offline-merged model of its pair (the `csft merge` composition),
+whichever plan tier (layers, or a hot pair's union plan) wrote the pair."""
 
 from __future__ import annotations
 
@@ -91,3 +92,6 @@ def test_concurrent_mixed_pairs_match_offline_merge(server, tiny_base_dir, tiny_
             assert_same(got, want)
     metrics = httpx.get(f"{server}/metrics").text
     assert "csft_pair_switches_total" in metrics and "csft_batch_inputs_bucket" in metrics
+    # The hot-pair tier (on by default) served some of those switches: answers equal merge across tiers.
+    union = [line for line in metrics.splitlines() if line.startswith("csft_pair_switches_total{") and 'tier="union"' in line]
+    assert sum(float(line.split()[-1]) for line in union) > 0, metrics

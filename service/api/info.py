@@ -29,7 +29,10 @@ def info(engine: Engine = Depends(get_engine)) -> dict:
         "dtype": settings.dtype,
         "mask_token": host.tokenizer.mask_token,
         "admin_enabled": settings.admin_token is not None,
-        "plan_cache": {"bytes": engine.plans.bytes, "budget": engine.plans.max_bytes, "entries": len(engine.plans)},
+        "plan_cache": {
+            "bytes": engine.plans.bytes, "budget": engine.plans.max_bytes, "entries": len(engine.plans),
+            "hot_pairs": engine.plans.spill_entries, "hot_bytes": engine.plans.spill_bytes,
+        },
         "queue_depth": engine.scheduler.depth,
         "requests_total": metrics.counter_total(metrics.REQUESTS),
         "switches_total": metrics.counter_total(metrics.SWITCHES),
