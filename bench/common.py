@@ -112,9 +112,29 @@ def make_diff(sparse: dict[str, SparseTensorDiff], kind: str, key: str) -> Spars
     return SparseDiff(meta=meta, sparse=sparse)
 
 
+DEVICE = torch.device("cpu")  # set by use_device(); every timer waits for it
+
+
+def use_device(name: str) -> torch.device:
+    """Run a benchmark on ``name`` ("cpu", "cuda", "cuda:1"): the timers below then wait for
+    the device's queued work, so a CUDA kernel is timed when it finishes, not when launched."""
+    global DEVICE
+    DEVICE = torch.device(name)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible to torch")
+    return DEVICE
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn: Callable[[], object]) -> float:
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 

@@ -52,7 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     EXACT_BERT, K_LANG, K_TASK, MBERT, SMALL_BERT, base_param_dict, loadavg, machine_info, make_bert, make_diff, median,
-    n_maskable, sample_sparse, table,
+    n_maskable, sample_sparse, table, timed, use_device,
 )
 
 MBERT_MASKABLE = 177_815_040
@@ -102,8 +102,8 @@ def dense_delta(params, diffs):
     for diff in diffs:
         for name, part in diff.sparse.items():
             if name not in out:
-                out[name] = torch.zeros(params[name].numel(), dtype=torch.float32)
-            out[name].index_add_(0, part.indices, part.values)
+                out[name] = torch.zeros(params[name].numel(), dtype=torch.float32, device=params[name].device)
+            out[name].index_add_(0, part.indices.to(out[name].device), part.values.to(out[name].device))
     return {n: d.view(params[n].shape).to(params[n].dtype) for n, d in out.items()}
 
 
@@ -413,9 +413,7 @@ def run_case(label, model, params, pristine, k_lang, k_task, rounds, inner, seed
 
 
 def _t(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return timed(fn)
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -489,7 +487,9 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=1000, help="cycles for the exactness check (small model)")
     ap.add_argument("--quick", action="store_true", help="smoke test on the small model")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: the model, diffs and plans live there")
     args = ap.parse_args()
+    device = use_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -499,7 +499,7 @@ def main() -> None:
     log(machine_info())
     sizes = SMALL_BERT if args.quick else MBERT
     start = time.perf_counter()
-    model = make_bert(sizes, torch.float32, seed=0)
+    model = make_bert(sizes, torch.float32, seed=0).to(device)
     params = base_param_dict(model)
     pristine = {n: p.detach().clone() for n, p in params.items()}
     n = n_maskable(params)

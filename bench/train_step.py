@@ -47,7 +47,9 @@ from types import ModuleType
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import K_TASK, LARGE_VOCAB_BERT, MBERT, ROOT, PeakRSS, loadavg, machine_info, median, rss_bytes, table  # noqa: E402
+from common import (  # noqa: E402
+    K_TASK, LARGE_VOCAB_BERT, MBERT, ROOT, PeakRSS, loadavg, machine_info, median, rss_bytes, sync, table, use_device,
+)
 
 MiB = 2**20
 PARTS = ("fwd_bwd", "l1", "mask", "clip_step", "reimpose", "zero_grad")
@@ -98,7 +100,7 @@ def params_hash(model) -> str:
     """sha256 over every parameter's bytes: equal hashes mean bit-identical weights."""
     h = hashlib.sha256()
     for _, p in sorted(model.named_parameters()):
-        h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -106,13 +108,17 @@ def frozen_hash(params, masks) -> str:
     """sha256 of every parameter with its selected entries zeroed: the frozen entries only."""
     h = hashlib.sha256()
     for name, p in sorted(params.items()):
-        h.update(p.detach().masked_fill(masks[name], 0).contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(p.detach().masked_fill(masks[name], 0).cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps: int, k: int, rev: str) -> dict:
+def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps: int, k: int, rev: str,
+          device: str = "cpu") -> dict:
     lt = load_lt_sft(impl, rev)
+    dev = use_device(device)
     model, inputs, loss_fn, l1 = build(model_name, batch, seq)
+    model.to(dev)
+    inputs = {key: value.to(dev) for key, value in inputs.items()}
     lt.freeze_layer_norms(model)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     maskable = lt.maskable_parameters(model)
@@ -158,11 +164,13 @@ def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps:
     base_rss = rss_bytes()
     with PeakRSS(0.01) as peak:
         for i in range(steps + 1):  # step 0 allocates AdamW state: warm-up, not timed
+            sync()
             step_t, step_f = time.perf_counter(), faults()
             for key in PARTS:
                 t, f = time.perf_counter(), faults()
                 if actions[key] is not None:
                     actions[key]()
+                    sync()
                 if i:
                     times[key].append(time.perf_counter() - t)
                     flts[key].append(faults() - f)
@@ -171,6 +179,8 @@ def child(model_name: str, variant: str, impl: str, batch: int, seq: int, steps:
                 flts["total"].append(faults() - step_f)
     out.update(times=times, faults=flts, base_rss_mib=base_rss / MiB, peak_rss_mib=peak.peak / MiB,
                maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, params_hash=params_hash(model))
+    if dev.type == "cuda":  # host RSS says little there: the device's own peak
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(dev) / MiB
     if masks is not None:  # frozen entries must be exactly theta_ref after the steps
         out["frozen_exact"] = frozen_hash(maskable, masks) == frozen_before
     return out
@@ -196,6 +206,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, dict[s
 def run_child(args: argparse.Namespace, variant: str, impl: str, env: dict[str, str]) -> dict:
     cmd = [sys.executable, "-W", "ignore", __file__, "--child", variant, "--impl", impl, "--model", args.model,
            "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k),
+           "--device", args.device,
            "--baseline-rev", args.baseline_rev]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -276,12 +287,14 @@ def main() -> None:
     ap.add_argument("--child", choices=["full", "phase1", "phase2"])
     ap.add_argument("--impl", default="new")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA: the device's peak memory is reported too)")
     args = ap.parse_args()
     args.k = args.k or (K_TASK if args.model == "mbert-ner" else K_LANG_NARROW)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        res = child(args.model, args.child, args.impl, args.batch, args.seq, args.steps, args.k, args.baseline_rev)
+        res = child(args.model, args.child, args.impl, args.batch, args.seq, args.steps, args.k, args.baseline_rev,
+                    args.device)
         print(json.dumps(res), flush=True)
         return
 
