@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="MLM head warm-up before phase 1 (default: as long as phase 1 for a base without an MLM head).")
     p.add_argument("--head-warmup-lr", type=float, default=None, help="Its learning rate (default: --lang-lr).")
     p.add_argument("--no-full-ft", action="store_true", help="Skip the dense baseline (c), e.g. for ablations.")
+    p.add_argument("--only-full-ft", action="store_true",
+                   help="Train and score the dense baseline (c) alone, e.g. alongside a run with --no-full-ft.")
     p.add_argument("--only-task-diff", action="store_true",
                    help="Train the English language diff and the task diff only (e.g. alongside a run training the targets).")
     p.add_argument("--only-language-diffs", action="store_true",
@@ -113,7 +115,7 @@ def main(argv=None) -> dict:
     )
     n_lines = args.lang_lines or args.lang_steps * args.batch_size
     lang_files: dict[str, Path] = {}
-    for lang in ["en"] + ([] if args.only_task_diff else targets):
+    for lang in [] if args.only_full_ft else ["en"] + ([] if args.only_task_diff else targets):
         path = out / f"lang-{lang}.safetensors"
         lang_files[lang] = path
         if path.exists():
@@ -140,7 +142,7 @@ def main(argv=None) -> dict:
         max_seq_len=args.task_seq, seed=args.seed,
     )
     task_file = out / "task-ner-en.safetensors"
-    if not task_file.exists():
+    if not task_file.exists() and not args.only_full_ft:
         from diffs_store.format import diff_id
         from diffs_store.validate import validate_diff_bytes
 
@@ -172,8 +174,10 @@ def main(argv=None) -> dict:
     predict = dict(tokenizer=base.tokenizer, batch_size=64, max_len=256)
     for lang, (path, n) in tests.items():
         test = sample_subset(read_conll(path), n, args.eval_seed)
-        task_only = composed_model(base.model, base.spec, [task_file])[0]
-        with_lang = composed_model(base.model, base.spec, [lang_files[lang], task_file])[0]
+        task_only = with_lang = None
+        if not args.only_full_ft:
+            task_only = composed_model(base.model, base.spec, [task_file])[0]
+            with_lang = composed_model(base.model, base.spec, [lang_files[lang], task_file])[0]
         results[lang] = score_row(test, task_only, with_lang, full_model, predict, args)
         print(lang, json.dumps(results[lang]), flush=True)
     clock.stage("evaluation", began)
@@ -198,9 +202,10 @@ def score_row(test: list, task_only, with_lang, full_model, predict: dict, args:
     preds = {name: predict_tags(model, sentences=test, **predict) for name, model in systems if model is not None}
     row: dict = {"sentences": len(test)}
     row.update({name: tagging_scores(gold, pred)["f1"] for name, pred in preds.items()})
-    interval = paired_bootstrap_f1(gold, preds["task_only"], preds["task_plus_lang"], resamples=args.bootstrap,
-                                   seed=args.eval_seed)
-    row["b_minus_a"] = interval.to_dict()
+    if "task_only" in preds and "task_plus_lang" in preds:
+        interval = paired_bootstrap_f1(gold, preds["task_only"], preds["task_plus_lang"], resamples=args.bootstrap,
+                                       seed=args.eval_seed)
+        row["b_minus_a"] = interval.to_dict()
     return row
 
 
@@ -209,12 +214,15 @@ def table(results: dict[str, dict]) -> str:
         "| test set | sentences | (a) task diff | (b) task + language diff | (b) - (a) [95% CI] | (c) full FT |",
         "|---|---|---|---|---|---|",
     ]
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
     for lang, r in results.items():
-        d = r["b_minus_a"]
-        full = "-" if r.get("full_ft") is None else f"{100 * r['full_ft']:.1f}"
+        d = r.get("b_minus_a")
+        interval = "-" if d is None else f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
         lines.append(
-            f"| {lang} | {r['sentences']} | {100 * r['task_only']:.1f} | {100 * r['task_plus_lang']:.1f} | "
-            f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | {full} |"
+            f"| {lang} | {r['sentences']} | {pct(r.get('task_only'))} | {pct(r.get('task_plus_lang'))} | "
+            f"{interval} | {pct(r.get('full_ft'))} |"
         )
     return "\n".join(lines)
 
