@@ -118,7 +118,7 @@ def _run(fn, *args: Any, **kwargs: Any):
 def language_cmd(
     base: str = BASE,
     language: str = typer.Option(..., "--language", help="Language tag (ISO 639), e.g. hau."),
-    train: list[Path] = typer.Option(..., "--train", help="Raw text, one example per line (repeatable)."),
+    train: list[Path] = typer.Option(..., "--train", help="Raw text, a sentence or paragraph per line (repeatable)."),
     dev: Optional[Path] = typer.Option(None, "--dev", help="Raw text for the dev MLM loss."),
     dev_split: float = typer.Option(0.0, "--dev-split", help="Hold out this fraction of lines as dev (reference 0.05)."),
     max_lines: Optional[int] = typer.Option(None, "--max-lines", help="Use at most this many training lines."),
