@@ -76,7 +76,6 @@ class LtSftTrainer(Trainer):
         source_switch: Callable[[Any], Callable[[], None]] | None = None,
         loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
         batch_sampler: torch.utils.data.Sampler | None = None,
-        lean_phase2: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -95,9 +94,6 @@ class LtSftTrainer(Trainer):
         self.l1_last = 0.0
         self._l1_due = False
         self._scratch = lt_sft.Scratch()  # per-step buffers, reused (see lt_sft's docstring)
-        # Phase 2 without a dense theta_ref when nothing can move frozen entries (off: always
-        # keep it and copy it back, e.g. to compare both in tests).
-        self.lean_phase2 = lean_phase2 and lt_sft.frozen_entries_stay_put(self.args.optim, self.args.weight_decay)
         self.add_callback(_StepBegin(self))
 
     @property
@@ -109,7 +105,8 @@ class LtSftTrainer(Trainer):
     def masks(self, masks: dict[str, torch.Tensor] | None) -> None:
         self._masks = masks
         self._selected = lt_sft.selected_indices(masks) if masks is not None else {}
-        if masks is not None and self.lean_phase2 and not isinstance(self.reference, lt_sft.SelectedReference):
+        # Phase 2 without a dense theta_ref when nothing can move the frozen entries.
+        if masks is not None and not self._lean and lt_sft.frozen_entries_stay_put(self.args.optim, self.args.weight_decay):
             self.reference = lt_sft.SelectedReference(self.reference, self.maskable, self._selected)
 
     @property

@@ -40,8 +40,7 @@ def build_model(
     pretrained = pretrained_head(spec, task_type)
     if pretrained:
         model.load_state_dict(pretrained, strict=False)
-    labels_for_layout = len(labels) if labels else 2
-    fresh = bool(head_layout(spec, task_type, labels_for_layout).required)
+    fresh = bool(head_layout(spec, task_type, len(labels) or 2).required)
     return model.float().train(), fresh
 
 
