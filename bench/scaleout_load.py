@@ -7,11 +7,15 @@ tasks, random diffs uploaded through the ingress). Scenarios, interleaved per re
 * affinity -- 2 model replicas, requests multiplexed by pair (the default);
 * random   -- the same 2 replicas, the ``x-csft-routing: random`` header per request
               (Serve's default choice of replica, no model id);
+* budget   -- 2 replicas with affinity, each holding as many pairs as its plan budget allows
+              (``pairs_per_replica`` = 1000: the behaviour before the share cap);
 * single   -- the application redeployed with 1 model replica, affinity routing.
 
 Each model replica reserves one CPU and runs one torch thread. Switches come from the
 ingress's /metrics (each replica's switch counter as of its latest answer) before and after
-each scenario; throughput and latency from the client.
+each scenario; throughput and latency from the client; *stickiness* is the share of each
+pair's requests answered by the replica that answered most of them (1.0: a pair lives on
+one replica; about 0.6 for 2 replicas chosen at random).
 
 Usage: python bench/scaleout_load.py [--requests 300] [--concurrency 8 32] [--repeats 2]
 """
@@ -35,6 +39,26 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from common import loadavg, machine_info, median, q, table  # noqa: E402
 from serving_load import BASE, LANGUAGES, TASKS, TOKEN, make_diffs, request_plan  # noqa: E402
 
+# Where the CPU goes, by process title (Ray sets them): the load generator is this process.
+_ROLES = (("PairModel", "model"), ("Ingress", "ingress"), ("ProxyActor", "proxy"))
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process on the machine, summed by role."""
+    import psutil
+
+    me = psutil.Process().pid
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        title = " ".join(proc.info["cmdline"] or [])
+        role = "client" if proc.info["pid"] == me else next((r for key, r in _ROLES if key in title), "other")
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 _SWITCHES = re.compile(r'^csft_replica_switches\{replica="([^"]+)"\}\s+([0-9.eE+-]+)$', re.M)
 
 
@@ -47,6 +71,7 @@ async def run_load(url: str, plan: list, concurrency: int, routing: str | None) 
 
     lat: list[float] = []
     served: Counter = Counter()
+    by_pair: dict[tuple, Counter] = {}
     errors: list[str] = []
     it = iter(plan)
     headers = {ROUTING_HEADER: routing} if routing else {}
@@ -61,18 +86,21 @@ async def run_load(url: str, plan: list, concurrency: int, routing: str | None) 
                     errors.append(f"{r.status_code} {r.text[:200]}")
                 else:
                     served[r.headers[REPLICA_HEADER]] += 1
+                    by_pair.setdefault((lang, task), Counter())[r.headers[REPLICA_HEADER]] += 1
 
         start = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         wall = time.perf_counter() - start
     return {"n": len(lat), "rps": len(lat) / wall, "p50": q(lat, 50), "p99": q(lat, 99), "errors": errors,
-            "replicas": len(served)}
+            "replicas": len(served),
+            "sticky": sum(max(c.values()) for c in by_pair.values()) / max(1, sum(served.values()))}
 
 
 def scenario(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
-    before = replica_switches(url)
+    before, cpu_before = replica_switches(url), cpu_by_role()
     out = asyncio.run(run_load(url, plan, concurrency, routing))
-    after = replica_switches(url)
+    after, cpu_after = replica_switches(url), cpu_by_role()
+    out["cpu_ms"] = {role: 1e3 * (cpu_after[role] - cpu_before.get(role, 0.0)) / out["n"] for role in cpu_after}
     switches = sum(v - before.get(r, 0.0) for r, v in after.items())
     out["switches_per_100"] = 100 * switches / out["n"]
     return out
@@ -107,12 +135,14 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         try:
-            for replicas, names in ((2, ("affinity", "random")), (1, ("single",))):
-                options = ScaleOutOptions(replicas=replicas, replica_cpus=1, settings=settings_args(shared))
+            deployments = ((2, None, ("affinity", "random")), (2, 1000, ("budget",)), (1, None, ("single",)))
+            for replicas, cap, names in deployments:
+                options = ScaleOutOptions(replicas=replicas, replica_cpus=1, pairs_per_replica=cap,
+                                          settings=settings_args(shared))
                 t0 = time.perf_counter()
                 deploy(options, "127.0.0.1", port)
                 print(f"{replicas} replica(s) ready in {time.perf_counter() - t0:.1f} s")
-                if replicas == 2:
+                if (replicas, cap) == (2, None):
                     for (kind, key), diff in files.items():
                         r = httpx.post(f"{url}/v1/admin/diffs", files={"file": (f"{key}.safetensors", diff.to_bytes())},
                                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
@@ -125,7 +155,8 @@ def main() -> None:
                             res = scenario(url, plan, c, "random" if name == "random" else None)
                             print(f"  {name:8s} c={c:3d} rep={rep}: {res['rps']:.1f} req/s, p50 {1e3 * res['p50']:.0f} ms, "
                                   f"p99 {1e3 * res['p99']:.0f} ms, {res['switches_per_100']:.1f} switches/100, "
-                                  f"{res['replicas']} replica(s) answered, {len(res['errors'])} errors")
+                                  f"stickiness {res['sticky']:.2f}, {res['replicas']} replica(s) answered, {len(res['errors'])} errors")
+                            print("    CPU ms per request: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(res["cpu_ms"].items())))
                             results.setdefault((name, c), []).append(res)
         finally:
             serve.shutdown()
@@ -134,15 +165,26 @@ def main() -> None:
     rows = []
     for c in args.concurrency:
         single = median([r["rps"] for r in results[("single", c)]])
-        for name in ("affinity", "random", "single"):
+        for name in ("affinity", "random", "budget", "single"):
             rs = results[(name, c)]
             rps = median([r["rps"] for r in rs])
             rows.append([name, c, f"{rps:.1f}", f"{rps / single:.2f}x", f"{1e3 * median([r['p50'] for r in rs]):.0f}",
                          f"{1e3 * median([r['p99'] for r in rs]):.0f}", f"{median([r['switches_per_100'] for r in rs]):.1f}",
-                         sum(len(r["errors"]) for r in rs)])
+                         f"{median([r['sticky'] for r in rs]):.2f}", sum(len(r["errors"]) for r in rs)])
     print(f"\n{args.pattern} traffic over {len(pairs)} pairs, {args.requests} requests per scenario, "
           f"medians of {args.repeats} repeats")
-    print(table(["routing", "concurrency", "req/s", "vs 1 replica", "p50 ms", "p99 ms", "switches/100 req", "errors"], rows))
+    print(table(["routing", "concurrency", "req/s", "vs 1 replica", "p50 ms", "p99 ms", "switches/100 req", "stickiness", "errors"], rows))
+
+    roles = ("client", "proxy", "ingress", "model", "other")
+    rows = []
+    for c in args.concurrency:
+        for name in ("affinity", "random", "budget", "single"):
+            rs = results[(name, c)]
+            per = {role: median([r["cpu_ms"].get(role, 0.0) for r in rs]) for role in roles}
+            rps = median([r["rps"] for r in rs])
+            rows.append([name, c, *(f"{per[role]:.1f}" for role in roles), f"{sum(per.values()) * rps / 1e3:.2f}"])
+    print("\nCPU milliseconds per request by process (medians), and the cores they keep busy at the measured rate")
+    print(table(["routing", "concurrency", *roles, "cores busy"], rows))
 
 
 if __name__ == "__main__":

@@ -48,3 +48,27 @@ def test_cli_refuses_bad_scaling_options():
     result = CliRunner().invoke(app, ["serve", "--replicas", "3", "--max-replicas", "2"])
     assert result.exit_code == 2
     assert "bad scaling options" in result.output
+
+
+def test_a_replica_holds_its_share_of_the_catalog_not_the_whole_budget():
+    from service.scaleout.options import pair_capacity
+
+    # 20 pairs on 2 replicas: 13 each (25% slack), though the plan budget holds 500.
+    assert pair_capacity(budget_pairs=500, catalog_pairs=20, replicas=2) == 13
+    # The budget still bounds a large catalog; a set cap wins over the share.
+    assert pair_capacity(budget_pairs=6, catalog_pairs=20, replicas=2) == 6
+    assert pair_capacity(budget_pairs=500, catalog_pairs=20, replicas=2, pairs_per_replica=4) == 4
+    # One replica holds the whole catalog; an unknown catalog leaves the budget in charge.
+    assert pair_capacity(budget_pairs=500, catalog_pairs=20, replicas=1) == 25
+    assert pair_capacity(budget_pairs=500, catalog_pairs=0, replicas=2) == 500
+    assert pair_capacity(budget_pairs=0, catalog_pairs=20, replicas=2) == 1
+
+
+def test_the_catalog_counts_language_task_pairs():
+    from service.scaleout.options import catalog_size
+
+    langs, tasks = ["hau", "swa", "yor"], ["ner", "pos"]
+    combos = [(lang, None) for lang in langs] + [(None, t) for t in tasks] + [(lang, t) for lang in langs for t in tasks]
+    assert catalog_size(combos) == 6
+    assert catalog_size([(lang, None) for lang in langs]) == 3
+    assert catalog_size([]) == 0

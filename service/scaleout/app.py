@@ -25,7 +25,9 @@ def build_app(args: dict[str, Any] | ScaleOutOptions | None = None) -> Applicati
             "the replicas need one shared registry: set REDIS_URL (or settings.redis_url); "
             "`csft serve --replicas N` shares its embedded Redis by itself"
         )
-    model = PairModel.options(**options.model_deployment_options()).bind(settings_args(settings))
+    model = PairModel.options(**options.model_deployment_options()).bind(
+        settings_args(settings), options.replicas, options.pairs_per_replica
+    )
     ingress_settings = settings_args(settings)
     return Ingress.options(
         num_replicas=options.ingress_replicas, max_ongoing_requests=options.ingress_max_ongoing_requests

@@ -7,11 +7,13 @@ scheduler, so the one model worker builds and caches the plan (and applies it, w
 switch the first real request would have made anyway). Serve then routes the pair's later
 requests to replicas that report it loaded.
 
-Serve's per-replica model LRU is sized by count while the plan cache is bounded by bytes;
-after each load the count follows the byte budget: ``plan_cache_bytes`` over the mean full
-plan bytes of a pair (its two layers and their overlap; shared layers are counted in
+Serve's per-replica model LRU is sized by count; after each load the count is set by
+:func:`~service.scaleout.options.pair_capacity`: the replica's share of the catalog, and
+never more than the plan cache's byte budget holds (``plan_cache_bytes`` over the mean
+full plan bytes of a pair: its two layers and their overlap; shared layers are counted in
 every pair, so the estimate errs towards forgetting a pair the cache still holds rather
-than claiming one it has evicted).
+than claiming one it has evicted). The share matters more than the budget: a replica that
+reports every pair loaded attracts every pair, and affinity is lost.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from ray import serve
 
 from service import metrics
-from service.engine import Composition
+from service.engine import Composition, RegistryDown
+from service.scaleout.options import catalog_size, pair_capacity
 from service.scaleout.pairs import PairReply, parse_pair_id
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,11 @@ def switch_count() -> int:
 
 @serve.deployment(name="PairModel")
 class PairModel:
-    def __init__(self, settings_values: dict[str, Any]) -> None:
+    def __init__(
+        self, settings_values: dict[str, Any], replicas: int = 1, pairs_per_replica: int | None = None
+    ) -> None:
+        """``replicas`` is the deployment's replica count (the initial one when autoscaling),
+        which sets this replica's share of the catalog unless ``pairs_per_replica`` does."""
         from service.app import build_engine
         from service.config import Settings
 
@@ -49,6 +56,9 @@ class PairModel:
         self.engine.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._pair_bytes: list[int] = []
+        self._replicas = replicas
+        self._pairs_per_replica = pairs_per_replica
+        self._catalog_pairs = 0
 
     @serve.multiplexed(max_num_models_per_replica=INITIAL_PAIRS)
     async def load_pair(self, model_id: str) -> str:
@@ -56,6 +66,12 @@ class PairModel:
         language, task = parse_pair_id(model_id)
         comp = await self.engine.resolve(language, task)
         await self.engine.predict(comp, [])
+        try:
+            fingerprint = self.engine.fingerprint
+            combos = await self.engine.registry_call(self.engine.registry.pairs, fingerprint, calls=3)
+            self._catalog_pairs = catalog_size(combos)
+        except RegistryDown:  # keep the last count (a load needs no catalog)
+            log.warning("catalog size unavailable; keeping %d pairs", self._catalog_pairs)
         self._fit_capacity(comp)
         return model_id
 
@@ -76,7 +92,10 @@ class PairModel:
         mean = sum(self._pair_bytes) / len(self._pair_bytes)
         wrapper = getattr(self, _SERVE_MULTIPLEX_ATTR, None)
         if wrapper is not None and mean > 0:
-            wrapper.max_num_models_per_replica = max(1, int(plans.max_bytes // mean))
+            wrapper.max_num_models_per_replica = pair_capacity(
+                budget_pairs=int(plans.max_bytes // mean), catalog_pairs=self._catalog_pairs,
+                replicas=self._replicas, pairs_per_replica=self._pairs_per_replica,
+            )
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

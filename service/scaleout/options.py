@@ -7,6 +7,7 @@ One model serves ``csft serve --replicas``, ``serve run``/``serve deploy`` confi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,10 @@ class ScaleOutOptions(BaseModel):
     ingress_max_ongoing_requests: int = Field(
         256, ge=1, description="Requests one ingress replica holds at once; Serve's default (5) starves the model "
         "replicas' micro-batching and the pair affinity that feeds it.",
+    )
+    pairs_per_replica: int | None = Field(
+        None, ge=1, description="Most pairs one model replica keeps loaded for routing (Serve's multiplexed LRU); "
+        "unset: its share of the catalog, pairs x 1.25 / replicas, and never more than its plan cache holds.",
     )
     routing: Literal["affinity", "random"] = Field(
         "affinity", description="affinity: multiplexed by pair; random: Serve's default replica choice (for comparison)."
@@ -68,6 +73,38 @@ class ScaleOutOptions(BaseModel):
         if values.get("torch_threads") is None and self.replica_cpus >= 1:
             values["torch_threads"] = int(self.replica_cpus)
         return Settings(**values)
+
+
+# Pairs a replica holds beyond its even share of the catalog: room for a pair in transit
+# between replicas (and for hot pairs on two) without evicting one still in use.
+SHARE_SLACK = 1.25
+
+
+def catalog_size(combos: list[tuple[str | None, str | None]]) -> int:
+    """The pairs traffic is expected to spread over: a registry's L languages x T tasks
+    (``Registry.pairs`` also lists each language and task alone; those count only when
+    there are more of them than pairs, e.g. a catalog of languages only)."""
+    full = sum(1 for language, task in combos if language is not None and task is not None)
+    return max(full, len(combos) - full)
+
+
+def pair_capacity(
+    *, budget_pairs: int, catalog_pairs: int, replicas: int, pairs_per_replica: int | None = None
+) -> int:
+    """How many pairs one model replica reports loaded, so that Serve routes each pair to
+    the replica that holds it.
+
+    The plan cache's byte budget alone is the wrong bound: with small plans every replica
+    can hold the whole catalog, and once each has served each pair, Serve sees every pair on
+    every replica and chooses between them by queue length alone -- affinity is gone. So a
+    replica holds its share of the catalog (with some slack, or ``pairs_per_replica``), and
+    never more than its budget holds. An unknown catalog (0: the registry was down) leaves
+    the budget alone in charge.
+    """
+    if not pairs_per_replica and catalog_pairs <= 0:
+        return max(1, budget_pairs)
+    share = pairs_per_replica or math.ceil(SHARE_SLACK * catalog_pairs / max(1, replicas))
+    return max(1, min(budget_pairs, share))
 
 
 def settings_args(settings: Settings) -> dict[str, Any]:
