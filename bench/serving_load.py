@@ -237,6 +237,7 @@ def metric_delta(before: dict, after: dict) -> dict:
         "union_switches": int(union),
         "batches": int(batches),
         "mean_batch": get("csft_batch_inputs_sum") / batches if batches else float("nan"),
+        "forward_ms": 1e3 * get("csft_forward_seconds_sum") / batches if batches else float("nan"),
         "patch_ms": 1e3 * get('csft_patch_seconds_sum{op="apply"}') / apply_n if apply_n else float("nan"),
         "patch_s_total": get("csft_patch_seconds_sum"),
         "misses": int(get('csft_plan_cache_total{result="miss"}')),
@@ -351,7 +352,7 @@ def main() -> None:
                     errs = res.pop("errors")
                     print(f"[raw] rep {rep} c={c:<3} {pattern:8s} n={res['n']} wall {res['wall']:.2f} s "
                           f"{res['rps']:.1f} req/s p50 {res['p50'] * 1e3:.1f} ms p99 {res['p99'] * 1e3:.1f} ms "
-                          f"switches {res['switches']} (union {res['union_switches']}) batches {res['batches']} mean batch {res['mean_batch']:.2f} "
+                          f"switches {res['switches']} (union {res['union_switches']}) batches {res['batches']} mean batch {res['mean_batch']:.2f} forward {res['forward_ms']:.1f} ms/batch "
                           f"patch/switch {res['patch_ms']:.1f} ms (total {res['patch_s_total']:.2f} s) misses {res['misses']} "
                           f"errors {len(errs)} retries {res['retries']} load {res['load']}", flush=True)
                     if errs:

@@ -379,6 +379,7 @@ class Engine:
                 metrics.SWITCHES.labels(kind, tier).inc()
                 metrics.SWITCH_SECONDS.labels(kind, tier).inc(time.perf_counter() - start)
             prepared = [p for job in jobs for p in job.payload[1]]
+            forward_start = time.perf_counter()
             results: list[dict] = []
             step = self.settings.max_batch_size
             for start in range(0, len(prepared), step):
@@ -386,6 +387,8 @@ class Engine:
                     self.before_forward(comp)
                 chunk = prepared[start : start + step]
                 results.extend(comp.adapter.run(model, self.host.tokenizer, chunk, self.host.device))
+            if prepared:
+                metrics.FORWARD_SECONDS.observe(time.perf_counter() - forward_start)
         except BaseException:
             self.patcher.restore()  # never leave a half-known state behind
             raise

@@ -19,6 +19,10 @@ LATENCY = Histogram(
 )
 QUEUE_DEPTH = Gauge("csft_queue_depth", "Requests waiting for the model worker.")
 BATCH_SIZE = Histogram("csft_batch_inputs", "Inputs per forward pass.", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+FORWARD_SECONDS = Histogram(
+    "csft_forward_seconds", "Worker time per batch in the model: forward pass and answers (switch excluded).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 PATCH_SECONDS = Histogram(
     "csft_patch_seconds", "Time to apply or restore a composition.", ["op"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
