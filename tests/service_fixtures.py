@@ -26,6 +26,15 @@ WORDS = (
     "who where what capital country ##s ##ed ##ing ##a ##o ##u ##i"
 ).split()
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TOKEN = "s3cret-token"  # admin token of the in-process app (conftest's ``app_client``)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def post_diff(client, data: bytes, headers=AUTH):
+    """Upload ``data`` through an in-process client (FastAPI's TestClient)."""
+    return client.post("/v1/admin/diffs", files={"file": ("d.safetensors", data)}, headers=headers)
+
+
 NER_LABELS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")
 LANGUAGES = ["hau", "swa", "yor", "pcm", "ibo"]
 TASKS = {

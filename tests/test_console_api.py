@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from service.console import STATIC
-from test_service_api import AUTH, app_client, loaded, upload  # noqa: F401  (fixtures)
+from service_fixtures import post_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 MASAKHANER = ["hau", "ibo", "yor", "swa", "pcm", "amh", "kin", "lug", "luo", "wol"]
@@ -68,7 +68,7 @@ def test_catalog_gives_latest_versions_and_heads(loaded, tiny_base_dir):
 
     model, spec = load_base_model(str(tiny_base_dir))
     no_head = random_diff(model, spec, DiffKind.LANGUAGE, language="wol", seed=5, density=0.1, with_head=False)
-    assert upload(loaded, no_head.to_bytes()).status_code == 201
+    assert post_diff(loaded, no_head.to_bytes()).status_code == 201
     body = loaded.get("/v1/catalog").json()
     languages = {row["language"]: row for row in body["languages"]}
     assert set(languages) == {"hau", "ibo", "pcm", "swa", "yor", "wol"}

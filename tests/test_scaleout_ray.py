@@ -23,7 +23,7 @@ from diffs_store.metadata import DiffKind  # noqa: E402
 from factories import random_diff  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.scaleout.ingress import REPLICA_HEADER, ROUTING_HEADER, SWITCHES_HEADER  # noqa: E402
-from service.scaleout.launch import deploy, free_port, shared_registry  # noqa: E402
+from service.scaleout.launch import APP_NAME, deploy, free_port, shared_registry  # noqa: E402
 from service.scaleout.options import ScaleOutOptions, settings_args  # noqa: E402
 from test_service_e2e import assert_same, expected, make_input  # noqa: E402
 
@@ -138,6 +138,10 @@ def test_pairs_match_merge_and_stick_to_their_replica(app_url, tiny_base_dir, ti
     metrics = httpx.get(f"{app_url}/metrics").text
     for replica in {r for held in replicas.values() for r in held}:
         assert f'csft_replica_switches{{replica="{replica}"}}' in metrics
+    # A replica reports at most its share of the catalog loaded (5 languages x 4 tasks x
+    # 1.25 / 2 replicas), not the whole plan budget: else every pair ends up everywhere.
+    model = serve.get_deployment_handle("PairModel", app_name=APP_NAME)
+    assert {model.capacity.remote().result() for _ in range(6)} == {13}
 
 
 def test_catalog_and_health_through_the_ingress(app_url):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
 
 from diffs_store.base import load_base_model
@@ -11,30 +10,7 @@ from factories import random_diff, tiny_base, state_sha
 from service.app import create_app
 from service.config import Settings
 from service.patcher import switch_kind
-
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-
-
-def upload(client, data: bytes, headers=AUTH):
-    return client.post("/v1/admin/diffs", files={"file": ("d.safetensors", data)}, headers=headers)
-
-
-@pytest.fixture()
-def app_client(tiny_base_dir, tmp_path):
-    settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", admin_token=TOKEN, device="cpu",
-                        max_inputs=4, max_seq_len=16, max_input_chars=200)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
-
-
-@pytest.fixture()
-def loaded(app_client, tiny_diffs):
-    for data in tiny_diffs.values():
-        assert upload(app_client, data).status_code == 201
-    return app_client
+from service_fixtures import AUTH, TOKEN, post_diff
 
 
 def registry_snapshot(client) -> tuple:
@@ -94,26 +70,26 @@ def test_limits_are_413_with_the_limit(loaded):
 
 def test_admin_auth(app_client, tiny_diffs, tiny_base_dir, tmp_path):
     data = tiny_diffs[("language", "hau")]
-    assert upload(app_client, data, headers={}).status_code == 401
-    assert upload(app_client, data, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert post_diff(app_client, data, headers={}).status_code == 401
+    assert post_diff(app_client, data, headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert app_client.get("/v1/admin/diffs", headers={"Authorization": "Bearer wrong"}).status_code == 403
     settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "other", device="cpu")
     with TestClient(create_app(settings)) as no_admin:
-        r = upload(no_admin, data)
+        r = post_diff(no_admin, data)
         assert r.status_code == 403 and "CSFT_ADMIN_TOKEN" in r.json()["detail"]
 
 
 def test_invalid_uploads_are_refused_and_change_nothing(loaded, tiny_diffs):
     before = registry_snapshot(loaded)
     good = tiny_diffs[("task", "ner")]
-    r = upload(loaded, b"nope")
+    r = post_diff(loaded, b"nope")
     assert r.status_code == 422 and "safetensors" in r.json()["detail"]
-    r = upload(loaded, b"definitely not safetensors")
+    r = post_diff(loaded, b"definitely not safetensors")
     assert r.status_code == 422 and "header_too_large" in r.json()["detail"]
-    r = upload(loaded, good[:-7])
+    r = post_diff(loaded, good[:-7])
     assert r.status_code == 422 and "truncated" in r.json()["detail"]
     other_model, other_spec = tiny_base(seed=5)  # a different base: fingerprint mismatch
-    r = upload(loaded, random_diff(other_model, other_spec).to_bytes())
+    r = post_diff(loaded, random_diff(other_model, other_spec).to_bytes())
     assert r.status_code == 409 and "fingerprint_mismatch" in r.json()["detail"]
     assert registry_snapshot(loaded) == before
 
@@ -122,12 +98,12 @@ def test_upload_takes_effect_without_restart_and_delete_makes_404(loaded, tiny_b
     model, spec = load_base_model(str(tiny_base_dir))
     new = random_diff(model, spec, DiffKind.LANGUAGE, language="zul", seed=77)
     assert loaded.post("/v1/predict", json={"language": "zul", "task": "ner", "inputs": ["john"]}).status_code == 404
-    entry = upload(loaded, new.to_bytes()).json()
+    entry = post_diff(loaded, new.to_bytes()).json()
     r = loaded.post("/v1/predict", json={"language": "zul", "task": "ner", "inputs": ["john"]})
     assert r.status_code == 200 and r.json()["diffs"]["language"]["id"] == entry["id"]
     # A second version becomes latest at once.
     v2 = random_diff(model, spec, DiffKind.LANGUAGE, language="zul", seed=78)
-    entry2 = upload(loaded, v2.to_bytes()).json()
+    entry2 = post_diff(loaded, v2.to_bytes()).json()
     assert entry2["version"] == 2
     r = loaded.post("/v1/predict", json={"language": "zul", "task": "ner", "inputs": ["john"]})
     assert r.json()["diffs"]["language"] == {"id": entry2["id"], "version": 2}
@@ -205,7 +181,7 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
     pair's first request finds them cached (and answers as it would cold)."""
     settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", admin_token=TOKEN, device="cpu")
     with TestClient(create_app(settings)) as client:
-        ids = [upload(client, data).json()["id"] for data in tiny_diffs.values()]
+        ids = [post_diff(client, data).json()["id"] for data in tiny_diffs.values()]
         engine = client.app.state.engine
         assert engine.wait_prewarmed(60)
         assert all(i in engine.plans for i in ids)  # every layer
@@ -221,7 +197,7 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
     cold_settings = settings.model_copy(update={"data_dir": tmp_path / "cold", "prewarm": False})
     with TestClient(create_app(cold_settings)) as client:
         for data in tiny_diffs.values():
-            upload(client, data)
+            post_diff(client, data)
         engine = client.app.state.engine
         assert len(engine.plans) == 0  # nothing planned ahead when prewarming is off
         cold = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})

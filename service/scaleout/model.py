@@ -84,6 +84,11 @@ class PairModel:
         predictions = await self.engine.predict(comp, prepared)
         return PairReply(predictions, self.replica, switch_count())
 
+    def capacity(self) -> int | None:
+        """How many pairs this replica reports loaded at most (None before its first load)."""
+        wrapper = getattr(self, _SERVE_MULTIPLEX_ATTR, None)
+        return None if wrapper is None else wrapper.max_num_models_per_replica
+
     def _fit_capacity(self, comp: Composition) -> None:
         plans = self.engine.plans
         items = [plans.get(i) for i in comp.key if i is not None]
