@@ -24,7 +24,11 @@ class ScaleOutOptions(BaseModel):
     target_ongoing_requests: float = Field(
         4.0, gt=0, description="Autoscaling target of in-flight requests per model replica."
     )
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests a model replica accepts at once (Serve queues the rest).")
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests a model replica accepts at once (Serve queues the rest). Keep it at least "
+        "the ingress's: a request Serve cannot place on its pair's replica within its matching timeout goes to "
+        "another replica, which then loads the pair too, and affinity erodes.",
+    )
     replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per model replica (also its torch threads).")
     replica_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (1 on a GPU cluster).")
     ingress_replicas: int = Field(1, ge=1, description="Ingress replicas (HTTP parsing, resolution, uploads).")
