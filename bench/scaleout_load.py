@@ -28,6 +28,7 @@ import asyncio
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,11 +77,42 @@ async def run_load(url: str, plan: list, concurrency: int, routing: str | None) 
                                      headers={ROUTING_HEADER: routing} if routing else None)
 
 
+_QUEUE = re.compile(r'^csft_replica_queue_depth\{replica="([^"]+)"\}\s+([0-9.eE+-]+)$', re.M)
+
+
+class QueueSampler(threading.Thread):
+    """Samples each replica's worker queue depth (as of its latest answer, from the ingress's
+    /metrics) every ``period`` seconds while a scenario runs: how deep the queues the
+    scheduler sees really are."""
+
+    def __init__(self, url: str, period: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.url, self.period, self.samples = url, period, []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self.stopped.wait(self.period):
+                self.samples.append({r: float(v) for r, v in _QUEUE.findall(client.get(f"{self.url}/metrics").text)})
+
+    def mean(self, replicas: set[str]) -> float:
+        """Mean depth per replica over the samples, counting only ``replicas`` (those that
+        answered in this scenario: the gauges of earlier deployments' replicas linger)."""
+        self.stopped.set()
+        self.join()
+        per_sample = [sum(d[r] for r in replicas if r in d) / len(replicas) for d in self.samples if replicas & d.keys()]
+        return sum(per_sample) / len(per_sample) if per_sample else float("nan")
+
+
 def scenario(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
     before, cpu_before = replica_switches(url), cpu_by_role()
+    sampler = QueueSampler(url)
+    sampler.start()
     out = asyncio.run(run_load(url, plan, concurrency, routing))
     by_pair = out.pop("by_pair")
-    out["replicas"] = len({replica for counts in by_pair.values() for replica in counts})
+    answered = {replica for counts in by_pair.values() for replica in counts}
+    out["queue"] = sampler.mean(answered)
+    out["replicas"] = len(answered)
     out["sticky"] = sum(max(c.values()) for c in by_pair.values()) / max(1, sum(sum(c.values()) for c in by_pair.values()))
     after, cpu_after = replica_switches(url), cpu_by_role()
     out["cpu_ms"] = {role: 1e3 * (cpu_after[role] - cpu_before.get(role, 0.0)) / out["n"] for role in cpu_after}
@@ -138,7 +170,8 @@ def main() -> None:
                             res = scenario(url, plan, c, "random" if name == "random" else None)
                             print(f"  {name:8s} c={c:3d} rep={rep}: {res['rps']:.1f} req/s, p50 {1e3 * res['p50']:.0f} ms, "
                                   f"p99 {1e3 * res['p99']:.0f} ms, {res['switches_per_100']:.1f} switches/100, "
-                                  f"stickiness {res['sticky']:.2f}, {res['replicas']} replica(s) answered, {len(res['errors'])} errors")
+                                  f"stickiness {res['sticky']:.2f}, worker queue {res['queue']:.1f} per replica, "
+                                  f"{res['replicas']} replica(s) answered, {len(res['errors'])} errors")
                             print("    CPU ms per request: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(res["cpu_ms"].items())))
                             results.setdefault((name, c), []).append(res)
         finally:
@@ -153,10 +186,10 @@ def main() -> None:
             rps = median([r["rps"] for r in rs])
             rows.append([name, c, f"{rps:.1f}", f"{rps / single:.2f}x", f"{1e3 * median([r['p50'] for r in rs]):.0f}",
                          f"{1e3 * median([r['p99'] for r in rs]):.0f}", f"{median([r['switches_per_100'] for r in rs]):.1f}",
-                         f"{median([r['sticky'] for r in rs]):.2f}", sum(len(r["errors"]) for r in rs)])
+                         f"{median([r['sticky'] for r in rs]):.2f}", f"{median([r['queue'] for r in rs]):.1f}", sum(len(r["errors"]) for r in rs)])
     print(f"\n{args.pattern} traffic over {len(pairs)} pairs, {args.requests} requests per scenario, "
           f"medians of {args.repeats} repeats")
-    print(table(["routing", "concurrency", "req/s", "vs 1 replica", "p50 ms", "p99 ms", "switches/100 req", "stickiness", "errors"], rows))
+    print(table(["routing", "concurrency", "req/s", "vs 1 replica", "p50 ms", "p99 ms", "switches/100 req", "stickiness", "worker queue per replica", "errors"], rows))
 
     roles = ("client", "proxy", "ingress", "model", "other")
     rows = []

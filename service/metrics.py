@@ -58,6 +58,9 @@ REPLICA_REQUESTS = Counter("csft_replica_requests_total", "Predict requests answ
 REPLICA_SWITCHES = Gauge(
     "csft_replica_switches", "A model replica's pair switches, as of its latest answer.", ["replica"]
 )
+REPLICA_QUEUE = Gauge(
+    "csft_replica_queue_depth", "Requests waiting at a model replica's worker, as of its latest answer.", ["replica"]
+)
 
 
 def counter_total(counter: Counter) -> float:

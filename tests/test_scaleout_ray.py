@@ -138,6 +138,7 @@ def test_pairs_match_merge_and_stick_to_their_replica(app_url, tiny_base_dir, ti
     metrics = httpx.get(f"{app_url}/metrics").text
     for replica in {r for held in replicas.values() for r in held}:
         assert f'csft_replica_switches{{replica="{replica}"}}' in metrics
+        assert f'csft_replica_queue_depth{{replica="{replica}"}}' in metrics
     # A replica reports at most its share of the catalog loaded (5 languages x 4 tasks x
     # 1.25 / 2 replicas), not the whole plan budget: else every pair ends up everywhere.
     model = serve.get_deployment_handle("PairModel", app_name=APP_NAME)

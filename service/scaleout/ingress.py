@@ -5,7 +5,7 @@ The ingress resolves names against the registry (404s, 503s and catalog answers 
 a model replica), validates and publishes uploads, and tokenizes; it loads the base on CPU
 only for the fingerprint, the tokenizer and upload validation, and never runs a forward.
 Each answer says which replica served it: ``X-CSFT-Replica`` and ``X-CSFT-Replica-Switches``
-headers, and the same per replica in ``/metrics``.
+headers, and the same per replica in ``/metrics`` (with the replica's queue depth).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class RoutedEngine(Engine):
         route["replica"], route["switches"] = reply.replica, reply.switches
         metrics.REPLICA_REQUESTS.labels(reply.replica).inc()
         metrics.REPLICA_SWITCHES.labels(reply.replica).set(reply.switches)
+        metrics.REPLICA_QUEUE.labels(reply.replica).set(reply.queue_depth)
         return reply.predictions
 
 

@@ -82,7 +82,7 @@ class PairModel:
         if model_id:
             await self.load_pair(model_id)
         predictions = await self.engine.predict(comp, prepared)
-        return PairReply(predictions, self.replica, switch_count())
+        return PairReply(predictions, self.replica, switch_count(), self.engine.scheduler.depth)
 
     def capacity(self) -> int | None:
         """How many pairs this replica reports loaded at most (None before its first load)."""

@@ -25,8 +25,10 @@ def parse_pair_id(model_id: str) -> tuple[str | None, str | None]:
 @dataclass(frozen=True)
 class PairReply:
     """One answer from a model replica. ``switches`` is that replica's running count of
-    applied-composition changes, read after this request was served."""
+    applied-composition changes, and ``queue_depth`` the requests still waiting for its
+    worker, both read after this request was served."""
 
     predictions: list[dict[str, Any]]
     replica: str
     switches: int
+    queue_depth: int = 0
