@@ -92,18 +92,10 @@ class Server:
                                       "--log-level", "warning"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                r = httpx.get(f"{self.url}/readyz", timeout=2)
-                if r.status_code == 200:
-                    return r.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s")
+        from service.readiness import wait_ready
+
+        return wait_ready(self.url, timeout, exited=lambda: None if self.proc.poll() is None
+                          else self.log_path.read_text()[-3000:])
 
     def upload(self, filename: str, data: bytes) -> dict:
         r = httpx.post(f"{self.url}/v1/admin/diffs", files={"file": (filename, data)},

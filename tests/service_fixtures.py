@@ -6,17 +6,16 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import torch
 from transformers import AutoModel, BertTokenizerFast
 
 from diffs_store.base import load_base_model
 from diffs_store.metadata import DiffKind, TaskType
+from service.readiness import wait_ready
 from factories import random_diff, tiny_bert_config
 
 WORDS = (
@@ -90,19 +89,8 @@ def running_server(base_dir: Path, data_dir: Path, token: str, **settings: str):
     proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
     try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)  # polling a subprocess's readiness, not synchronising with it
-        else:
-            pytest.fail("server did not become ready")
+        wait_ready(url, 90, exited=lambda: None if proc.poll() is None else proc.stdout.read().decode()[-2000:])
         yield url
     finally:
         proc.terminate()

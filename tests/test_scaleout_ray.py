@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import httpx
 import pytest
@@ -106,6 +107,11 @@ def test_pairs_match_merge_and_stick_to_their_replica(app_url, tiny_base_dir, ti
     rng = random.Random(3)
     for language, task in PAIRS:  # load each pair once, then mixed concurrent traffic
         assert predict(app_url, language, task, [make_input(task, rng)]).status_code == 200
+    # A replica pushes its loaded pairs every 0.1 s and the ingress's router learns them by
+    # long poll; a request sent before that reaches the router goes to the replica with the
+    # fewest pairs, which loads the pair too (for good: 4 pairs are within every replica's
+    # share). There is no signal to wait on, so give the propagation a second.
+    time.sleep(1.0)
     requests = [(l, t, [make_input(t, rng) for _ in range(rng.randint(1, 3))]) for l, t in rng.choices(PAIRS, k=80)]
 
     async def fire():

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from service.config import Settings
+from service.readiness import wait_ready
 from service.scaleout.options import ScaleOutOptions, settings_args
 
 log = logging.getLogger(__name__)
@@ -61,20 +62,6 @@ def deploy(options: ScaleOutOptions, host: str, port: int, *, blocking_ready_s: 
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(options), name=APP_NAME, route_prefix="/", blocking=False)
     wait_ready(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", blocking_ready_s)
-
-
-def wait_ready(url: str, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the application at {url} was not ready within {timeout_s:g} s")
 
 
 def run(settings: Settings, options: ScaleOutOptions, host: str, port: int, ray_address: str | None) -> None:

@@ -12,8 +12,11 @@ Serve's per-replica model LRU is sized by count; after each load the count is se
 never more than the plan cache's byte budget holds (``plan_cache_bytes`` over the mean
 full plan bytes of a pair: its two layers and their overlap; shared layers are counted in
 every pair, so the estimate errs towards forgetting a pair the cache still holds rather
-than claiming one it has evicted). The share matters more than the budget: a replica that
-reports every pair loaded attracts every pair, and affinity is lost.
+than claiming one it has evicted). The share bounds what a fallback does: when Serve places
+a request on a replica that does not hold its pair (its own replica was busy past the
+matching timeout), that replica loads the pair too. Without a share the pair would stay on
+both for good; past its share, a replica drops its least recently used pair and the
+partition heals.
 """
 
 from __future__ import annotations

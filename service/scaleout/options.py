@@ -98,12 +98,13 @@ def pair_capacity(
     """How many pairs one model replica reports loaded, so that Serve routes each pair to
     the replica that holds it.
 
-    The plan cache's byte budget alone is the wrong bound: with small plans every replica
-    can hold the whole catalog, and once each has served each pair, Serve sees every pair on
-    every replica and chooses between them by queue length alone -- affinity is gone. So a
-    replica holds its share of the catalog (with some slack, or ``pairs_per_replica``), and
-    never more than its budget holds. An unknown catalog (0: the registry was down) leaves
-    the budget alone in charge.
+    The plan cache's byte budget alone is a loose bound: with small plans a replica can hold
+    the whole catalog, and then every fallback (a request Serve places on another replica
+    because the pair's own was busy past the matching timeout) leaves that pair loaded on
+    two replicas for good, so affinity erodes over time. Capped at its share of the catalog
+    (with some slack, or ``pairs_per_replica``), a replica drops its least recently used
+    pair instead and the partition heals. Never more than the budget holds. An unknown
+    catalog (0: the registry was down) leaves the budget alone in charge.
     """
     if not pairs_per_replica and catalog_pairs <= 0:
         return max(1, budget_pairs)
