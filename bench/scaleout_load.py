@@ -61,11 +61,10 @@ def cpu_by_role() -> dict[str, float]:
     return out
 
 
-_SWITCHES = re.compile(r'^csft_replica_switches\{replica="([^"]+)"\}\s+([0-9.eE+-]+)$', re.M)
-
-
-def replica_switches(url: str) -> dict[str, float]:
-    return {r: float(v) for r, v in _SWITCHES.findall(httpx.get(f"{url}/metrics", timeout=10).text)}
+def replica_gauge(url: str, name: str, client=httpx) -> dict[str, float]:
+    """One of the ingress's per-replica gauges (``csft_replica_<name>``), by replica id."""
+    pattern = re.compile(rf'^csft_replica_{name}\{{replica="([^"]+)"\}}\s+([0-9.eE+-]+)$', re.M)
+    return {r: float(v) for r, v in pattern.findall(client.get(f"{url}/metrics", timeout=10).text)}
 
 
 async def run_load(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
@@ -75,9 +74,6 @@ async def run_load(url: str, plan: list, concurrency: int, routing: str | None) 
 
     return await loadgen.run_aiohttp(url, plan, concurrency, header=REPLICA_HEADER,
                                      headers={ROUTING_HEADER: routing} if routing else None)
-
-
-_QUEUE = re.compile(r'^csft_replica_queue_depth\{replica="([^"]+)"\}\s+([0-9.eE+-]+)$', re.M)
 
 
 class QueueSampler(threading.Thread):
@@ -93,7 +89,7 @@ class QueueSampler(threading.Thread):
     def run(self) -> None:
         with httpx.Client(timeout=5) as client:
             while not self.stopped.wait(self.period):
-                self.samples.append({r: float(v) for r, v in _QUEUE.findall(client.get(f"{self.url}/metrics").text)})
+                self.samples.append(replica_gauge(self.url, "queue_depth", client))
 
     def mean(self, replicas: set[str]) -> float:
         """Mean depth per replica over the samples, counting only ``replicas`` (those that
@@ -105,7 +101,7 @@ class QueueSampler(threading.Thread):
 
 
 def scenario(url: str, plan: list, concurrency: int, routing: str | None) -> dict:
-    before, cpu_before = replica_switches(url), cpu_by_role()
+    before, cpu_before = replica_gauge(url, "switches"), cpu_by_role()
     sampler = QueueSampler(url)
     sampler.start()
     out = asyncio.run(run_load(url, plan, concurrency, routing))
@@ -114,7 +110,7 @@ def scenario(url: str, plan: list, concurrency: int, routing: str | None) -> dic
     out["queue"] = sampler.mean(answered)
     out["replicas"] = len(answered)
     out["sticky"] = sum(max(c.values()) for c in by_pair.values()) / max(1, sum(sum(c.values()) for c in by_pair.values()))
-    after, cpu_after = replica_switches(url), cpu_by_role()
+    after, cpu_after = replica_gauge(url, "switches"), cpu_by_role()
     out["cpu_ms"] = {role: 1e3 * (cpu_after[role] - cpu_before.get(role, 0.0)) / out["n"] for role in cpu_after}
     switches = sum(v - before.get(r, 0.0) for r, v in after.items())
     out["switches_per_100"] = 100 * switches / out["n"]

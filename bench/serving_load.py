@@ -224,8 +224,7 @@ def drain(url: str, timeout_s: float = 120.0) -> None:
     when its scenario ended would otherwise be served inside the next scenario."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        m = re.search(r"^csft_queue_depth\s+([0-9.eE+-]+)$", httpx.get(f"{url}/metrics", timeout=10).text, re.M)
-        if m is None or float(m.group(1)) == 0:
+        if scrape(url).get("csft_queue_depth", 0.0) == 0:
             return
         time.sleep(0.2)
     raise RuntimeError(f"{url} still has queued requests after {timeout_s:g} s")

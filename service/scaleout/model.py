@@ -21,6 +21,7 @@ partition heals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -58,10 +59,11 @@ class PairModel:
         self.engine = build_engine(Settings(**settings_values))
         self.engine.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._pair_bytes: list[int] = []
+        self._loaded_bytes, self._loads = 0, 0  # plan bytes of the pairs loaded so far, for their mean
         self._replicas = replicas
         self._pairs_per_replica = pairs_per_replica
-        self._catalog_pairs = 0
+        self._catalog_pairs = 0  # unknown until the first refresh
+        self._catalog_refresh: asyncio.Task | None = None
 
     @serve.multiplexed(max_num_models_per_replica=INITIAL_PAIRS)
     async def load_pair(self, model_id: str) -> str:
@@ -69,14 +71,23 @@ class PairModel:
         language, task = parse_pair_id(model_id)
         comp = await self.engine.resolve(language, task)
         await self.engine.predict(comp, [])
-        try:
-            fingerprint = self.engine.fingerprint
-            combos = await self.engine.registry_call(self.engine.registry.pairs, fingerprint, calls=3)
-            self._catalog_pairs = catalog_size(combos)
-        except RegistryDown:  # keep the last count (a load needs no catalog)
-            log.warning("catalog size unavailable; keeping %d pairs", self._catalog_pairs)
-        self._fit_capacity(comp)
+        self._record_plan_bytes(comp)
+        self._fit_capacity()
+        if self._catalog_refresh is None or self._catalog_refresh.done():
+            self._catalog_refresh = asyncio.create_task(self._refresh_catalog())
         return model_id
+
+    async def _refresh_catalog(self) -> None:
+        """Read the catalog's size for this replica's share, beside the load rather than in
+        it: a load needs no catalog, so a hung registry never holds one up (the last count,
+        or the budget alone, stays in charge)."""
+        try:
+            combos = await self.engine.registry_call(self.engine.registry.pairs, self.engine.fingerprint, calls=3)
+        except RegistryDown:
+            log.warning("catalog size unavailable; keeping %d pairs", self._catalog_pairs)
+            return
+        self._catalog_pairs = catalog_size(combos)
+        self._fit_capacity()
 
     async def predict(self, comp: Composition, prepared: list) -> PairReply:
         """Serve one request of a composition the ingress resolved (its diff ids are what
@@ -92,16 +103,19 @@ class PairModel:
         wrapper = getattr(self, _SERVE_MULTIPLEX_ATTR, None)
         return None if wrapper is None else wrapper.max_num_models_per_replica
 
-    def _fit_capacity(self, comp: Composition) -> None:
+    def _record_plan_bytes(self, comp: Composition) -> None:
         plans = self.engine.plans
         items = [plans.get(i) for i in comp.key if i is not None]
         items.append(plans.get(comp.key) if None not in comp.key else None)
-        self._pair_bytes.append(sum(item.nbytes for item in items if item is not None))
-        mean = sum(self._pair_bytes) / len(self._pair_bytes)
+        self._loaded_bytes += sum(item.nbytes for item in items if item is not None)
+        self._loads += 1
+
+    def _fit_capacity(self) -> None:
+        mean = self._loaded_bytes / max(1, self._loads)
         wrapper = getattr(self, _SERVE_MULTIPLEX_ATTR, None)
         if wrapper is not None and mean > 0:
             wrapper.max_num_models_per_replica = pair_capacity(
-                budget_pairs=int(plans.max_bytes // mean), catalog_pairs=self._catalog_pairs,
+                budget_pairs=int(self.engine.plans.max_bytes // mean), catalog_pairs=self._catalog_pairs,
                 replicas=self._replicas, pairs_per_replica=self._pairs_per_replica,
             )
 
