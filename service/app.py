@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import console
-from service.api import admin, catalog, health, info, predict
+from service.api import admin, catalog, errors, health, info, predict
+from service.api.body_guard import BodyGuard
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -88,4 +89,6 @@ def create_app(settings: Settings | None = None, *, make_engine: Callable[[Setti
     for module in (predict, catalog, admin, health, info):
         app.include_router(module.router)
     console.mount(app)
+    errors.install(app)
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, exempt=admin.STREAMED_UPLOADS)
     return app

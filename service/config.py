@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_inputs: int = Field(64, ge=1, description="Most inputs per /v1/predict request.")
     max_input_chars: int = Field(20_000, ge=1, description="Longest text (characters) per input.")
     max_seq_len: int = Field(512, ge=8, description="Token limit per input; longer inputs are refused with 413.")
+    max_body_bytes: int = Field(
+        8 * 1024**2, ge=1024, description="Largest request body of the JSON routes (predict, ...), counted as it "
+        "streams in and refused with 413 before parsing; the diff upload has max_upload_bytes instead. The default "
+        "holds a predict request of max_inputs x max_input_chars characters even with each one written as a \\uXXXX escape.",
+    )
     max_upload_bytes: int = Field(1024**3, ge=1, description="Largest diff file accepted by the admin upload.")
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets 504.")
     redis_timeout_s: float = Field(

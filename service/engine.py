@@ -271,9 +271,9 @@ class Engine:
         else looked up off the event loop (503 fast while the registry is down)."""
         if language is None and task is None:
             raise Unservable("name a language, a task, or both")
-        try:
-            lang = normalise_language(language) if language else None
-            task_name = normalise_task(task) if task else None
+        try:  # an empty name is a bad name (422), not an omitted one
+            lang = normalise_language(language) if language is not None else None
+            task_name = normalise_task(task) if task is not None else None
         except ValueError as exc:
             raise Unservable(str(exc)) from None
         names = (lang, task_name)
@@ -291,6 +291,8 @@ class Engine:
         return comp
 
     def _lookup(self, language: str | None, task: str | None) -> Composition:
+        if language is None and task is None:  # resolve() refuses this first; never look up nothing
+            raise Unservable("name a language, a task, or both")
         fp = self.fingerprint
         lang_entry = task_entry = None
         if language is not None:

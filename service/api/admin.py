@@ -21,6 +21,10 @@ from service.engine import Engine
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
+# Routes that read their own body, streamed under max_upload_bytes (service.api.body_guard
+# leaves them alone).
+STREAMED_UPLOADS = frozenset({("POST", "/v1/admin/diffs")})
+
 _STATUS = {errors.FINGERPRINT_MISMATCH: 409, errors.FILE_TOO_LARGE: 413}
 
 
