@@ -1,0 +1,216 @@
+"""Careless and hostile request bodies against a real uvicorn server (embedded Redis, the tiny
+base, every diff loaded): each gets a 4xx whose detail names the problem, the server logs at
+most one line for it and never a traceback, the keep-alive connection survives, and a normal
+request on the same connection still answers 200. Also: the streaming body cap and diff
+uploads whose JSON header or metadata nests too deep."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import struct
+import time
+
+import httpx
+import pytest
+
+from diffs_store.redis_connection import shutdown_embedded
+from live_server import AUTH, RESOLVED, TOKEN, LiveServer, upload_all
+from service.config import Settings
+
+CAP = 256 * 1024  # the body cap of the server under test
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def live(tiny_base_dir, tiny_diffs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    settings = Settings(base_model=str(tiny_base_dir), data_dir=root / "data", admin_token=TOKEN, device="cpu",
+                        max_body_bytes=CAP, torch_threads=1, registry_poll_ms=100)
+    try:
+        with LiveServer(settings) as server:
+            upload_all(server.url, tiny_diffs)
+            yield server
+    finally:
+        shutdown_embedded(root / "data")
+
+
+@pytest.fixture()
+def logs():
+    """Every record the server's loggers emit (uvicorn's do not propagate to the root)."""
+    handler = _Records()
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn"), logging.getLogger("uvicorn.error")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    old = logging.getLogger("service").level
+    logging.getLogger("service").setLevel(logging.INFO)
+    yield handler.records
+    logging.getLogger("service").setLevel(old)
+    for lg in loggers:
+        lg.removeHandler(handler)
+
+
+MALFORMED = {
+    "empty language and task": (b'{"language":"","task":"","inputs":["x"]}', "language ''"),
+    "empty task": (b'{"task":"","inputs":["x"]}', "task name ''"),
+    "600 nested arrays": (b'{"task":"ner","inputs":' + b"[" * 600 + b"]" * 600 + b"}", "601 levels deep"),
+    "nested in an object": (b'{"task":"ner","inputs":[' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"]}", "limit is 32"),
+    "lone surrogate": (b'{"task":"ner","inputs":["\\ud800"]}', "body.inputs[0]"),
+    "lone surrogate in a word list": (b'{"task":"ner","inputs":[["ok","x\\udfff"]]}', "body.inputs[0][1]"),
+    "NaN": (b'{"task":"ner","inputs":NaN}', "NaN"),
+    "Infinity in a list": (b'{"task":"ner","inputs":[-Infinity]}', "Infinity"),
+    "invalid UTF-8": (b'{"task":"ner","inputs":["\xff"]}', ""),
+    "not JSON": (b'{"task":"ner","inputs":[1', "invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_body_gets_a_4xx_naming_it_and_one_log_line(live, logs, name):
+    body, fragment = MALFORMED[name]
+    with httpx.Client(base_url=live.url, timeout=30) as client:
+        r = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (r.status_code, r.text)
+        assert r.headers["content-type"] == "application/json"
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and fragment in detail, detail
+        # the same keep-alive connection still serves a normal request
+        ok = client.post("/v1/predict", json=RESOLVED)
+        assert ok.status_code == 200, ok.text
+        assert client.get("/healthz").status_code == 200
+    assert not [rec for rec in logs if rec.exc_info], [rec.getMessage()[:200] for rec in logs if rec.exc_info]
+    assert not [rec for rec in logs if rec.levelno >= logging.ERROR]
+    assert len([rec for rec in logs if rec.name.startswith("service")]) <= 1
+
+
+def test_a_surrogate_pair_is_valid_text(live):
+    """Escaped surrogate *pairs* (what json.dumps writes for an emoji) are fine."""
+    r = httpx.post(live.url + "/v1/predict", content=json.dumps({"task": "ner", "inputs": ["lagos \U0001F600"]}),
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_validation_error_quotes_no_input(live):
+    """A 422 from the request model is one string naming the field, never the input back."""
+    r = httpx.post(live.url + "/v1/predict", json={"task": "ner", "inputs": "x" * 5000}, timeout=30)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and detail.startswith("body.inputs:") and "xxxx" not in detail
+
+
+def test_validation_handler_encodes_whatever_the_error_holds():
+    from service.api.errors import describe_validation
+
+    errors = [{"type": "x", "loc": ("body", "inputs", i), "msg": "bad \ud800 value", "input": math.nan}
+              for i in range(9)]
+    text = describe_validation(errors)
+    text.encode("utf-8")  # would raise on a lone surrogate
+    assert text.startswith("body.inputs[0]: bad \\ud800 value") and text.endswith("and 4 more")
+
+
+def _send_raw(port: int, data: bytes, read_s: float = 10.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=read_s) as s:
+        s.sendall(data)
+        out = b""
+        deadline = time.monotonic() + read_s
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and out.split(b"\r\n\r\n", 1)[1].endswith(b"}"):
+                break
+        return out
+
+
+def test_declared_body_above_the_cap_is_refused_before_reading(live):
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {300 * 1024**2}\r\n\r\n").encode()
+    t0 = time.monotonic()
+    answer = _send_raw(live.port, head)  # no byte of the body is ever sent
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert f"the limit is {CAP} bytes".encode() in answer
+    assert b"connection: close" in answer.lower()
+    assert time.monotonic() - t0 < 5
+
+
+def test_streamed_body_above_the_cap_is_refused_once_it_passes(live):
+    """A chunked body (no Content-Length) is counted as it arrives."""
+    sent = 0
+
+    def chunks():
+        nonlocal sent
+        piece = b'{"task":"ner","inputs":["' + b"a" * 65536
+        while sent < 50 * 1024**2:
+            sent += len(piece)
+            yield piece
+            piece = b"a" * 65536
+
+    try:
+        r = httpx.post(live.url + "/v1/predict", content=chunks(), headers={"content-type": "application/json"},
+                       timeout=30)
+        assert r.status_code == 413, r.text
+        assert f"limit of {CAP} bytes" in r.json()["detail"]
+    except httpx.HTTPError:
+        pass  # the server may close while the client is still sending: the cut is what counts
+    assert sent < 10 * 1024**2, f"the server read {sent} bytes past a {CAP}-byte cap"
+
+
+def test_body_under_the_cap_reaches_the_route(live):
+    body = json.dumps({"task": "ner", "inputs": ["john"], "pad": "x" * (CAP - 100)}).encode()
+    assert len(body) <= CAP
+    r = httpx.post(live.url + "/v1/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+# -- diff uploads whose JSON nests too deep ----------------------------------------------------
+
+
+def _rewrite_header(data: bytes, edit) -> bytes:
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    text = edit(header)
+    text += b" " * (-(8 + len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
+def _deep_recipe(header: dict) -> bytes:
+    header["__metadata__"]["recipe"] = "[" * 5000 + "]" * 5000
+    return json.dumps(header).encode()
+
+
+def _deep_header(header: dict) -> bytes:
+    text = json.dumps(header).encode()
+    return text[:-1] + b', "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+
+
+@pytest.mark.parametrize("edit, where", [(_deep_recipe, "metadata 'recipe'"), (_deep_header, "the header")])
+def test_upload_with_deeply_nested_json_is_refused(live, tiny_diffs, edit, where):
+    data = _rewrite_header(next(iter(tiny_diffs.values())), edit)
+    before = httpx.get(live.url + "/v1/admin/diffs", headers=AUTH, timeout=30).json()["diffs"]
+    r = httpx.post(live.url + "/v1/admin/diffs", files={"file": ("d.safetensors", data)}, headers=AUTH, timeout=60)
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["detail"].startswith("nested_too_deep: ") and where in r.json()["detail"]
+    assert httpx.get(live.url + "/v1/admin/diffs", headers=AUTH, timeout=30).json()["diffs"] == before
+
+
+@pytest.mark.parametrize("header", [["format"], {"format": "csft-sparse-diff", "labels": 5}, "x", {"format": 1}])
+def test_metadata_of_any_shape_is_refused_as_bad_metadata(header):
+    from diffs_store import errors
+    from diffs_store.metadata import DiffMetadata
+
+    with pytest.raises(errors.DiffError) as info:
+        DiffMetadata.from_header(header)
+    assert info.value.code == errors.BAD_METADATA
