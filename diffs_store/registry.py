@@ -306,6 +306,8 @@ class Registry:
         did = blob_id(data)
         existing = self._get_or_none(did)
         if existing is not None:
+            if not self.blobs.exists(did):  # its file was lost: publishing the bytes again restores it
+                self.blobs.put(data)
             return existing
 
         fp, kind, key = meta.base_fingerprint, meta.kind, meta.key

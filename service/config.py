@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     rebuild_on_start: bool = Field(
         True, description="At start, rebuild the registry from the blob store when Redis holds no diffs but blobs exist."
     )
+    rebuild_on_loss: bool = Field(
+        True, description="While running, rebuild the registry from the blob store when Redis loses its data (its change "
+        "counter goes back: FLUSHALL, a fresh server at the same address); /readyz says 503 meanwhile.",
+    )
+    registry_audit_s: float = Field(
+        5.0, gt=0, description="How often the registered diffs are checked against the blob store: a diff whose file is "
+        "missing makes its pairs answer 503 and shows in /readyz and csft_missing_blobs.",
+    )
 
     @field_validator("admin_token", "redis_url", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from diffs_store import errors
 from service.api.catalog import registry_call
 from service.api.deps import get_engine, require_admin
 from service.api.upload import read_diff_upload
-from service.engine import Engine
+from service.engine import REBUILDING, Engine
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -51,6 +51,8 @@ async def upload_diff(request: Request, engine: Engine = Depends(get_engine)) ->
     settings = engine.settings
     if not engine.watch.up:  # before reading the body: it could not be published anyway
         raise HTTPException(503, "the registry is unreachable; nothing was published", headers={"Connection": "close"})
+    if engine.watch.rebuilding:  # a version handed out now would sit below the rebuilt ones
+        raise HTTPException(503, f"{REBUILDING}; nothing was published", headers={"Connection": "close"})
     data = await read_diff_upload(request, settings.max_upload_bytes, settings.upload_timeout_s)
     try:
         entry = await asyncio.to_thread(

@@ -23,7 +23,7 @@ _STARTED = time.time()
 def info(engine: Engine = Depends(get_engine)) -> dict:
     host, settings = engine.host, engine.settings
     return {
-        "base_model": host.spec.name,
+        "base_model": host.public_name,
         "base_fingerprint": engine.fingerprint,
         "device": str(host.device),
         "dtype": settings.dtype,
