@@ -69,7 +69,7 @@ MALFORMED = {
     "lone surrogate in a word list": (b'{"task":"ner","inputs":[["ok","x\\udfff"]]}', "body.inputs[0][1]"),
     "NaN": (b'{"task":"ner","inputs":NaN}', "NaN"),
     "Infinity in a list": (b'{"task":"ner","inputs":[-Infinity]}', "Infinity"),
-    "invalid UTF-8": (b'{"task":"ner","inputs":["\xff"]}', ""),
+    "invalid UTF-8": (b'{"task":"ner","inputs":["\xff"]}', "not valid UTF-8 (byte 25)"),
     "not JSON": (b'{"task":"ner","inputs":[1', "invalid JSON"),
 }
 
@@ -158,14 +158,22 @@ def test_streamed_body_above_the_cap_is_refused_once_it_passes(live):
             yield piece
             piece = b"a" * 65536
 
+    import psutil
+
+    rss_before = psutil.Process().memory_info().rss  # the server runs in this process
     try:
         r = httpx.post(live.url + "/v1/predict", content=chunks(), headers={"content-type": "application/json"},
                        timeout=30)
         assert r.status_code == 413, r.text
         assert f"limit of {CAP} bytes" in r.json()["detail"]
+        answer = r.status_code
     except httpx.HTTPError:
-        pass  # the server may close while the client is still sending: the cut is what counts
+        answer = "closed"  # the server may close while the client is still sending: the cut is what counts
+    grew = psutil.Process().memory_info().rss - rss_before
+    print(json.dumps({"streamed_body": "50 MB chunked", "answer": answer, "sent_before_cut_mb": round(sent / 2**20, 1),
+                      "cap_kb": CAP // 1024, "rss_growth_mb": round(grew / 2**20, 1)}))
     assert sent < 10 * 1024**2, f"the server read {sent} bytes past a {CAP}-byte cap"
+    assert grew < 64 * 2**20
 
 
 def test_body_under_the_cap_reaches_the_route(live):
@@ -214,3 +222,50 @@ def test_metadata_of_any_shape_is_refused_as_bad_metadata(header):
     with pytest.raises(errors.DiffError) as info:
         DiffMetadata.from_header(header)
     assert info.value.code == errors.BAD_METADATA
+
+
+def test_four_clients_looping_malformed_bodies(live, logs):
+    """The issue's flood: four clients loop the malformed bodies for a few seconds while a
+    normal client keeps asking. Every answer is a 4xx, the log grows by at most one short
+    line per refusal and holds no traceback, and the normal client keeps being served."""
+    import statistics
+    import threading
+
+    bodies = [body for body, _ in MALFORMED.values()]
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def flood() -> None:
+        with httpx.Client(base_url=live.url, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                r = client.post("/v1/predict", content=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+                codes.append(r.status_code)
+                i += 1
+
+    def normal_latencies(seconds: float) -> list[float]:
+        out = []
+        with httpx.Client(base_url=live.url, timeout=30) as client:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                assert client.post("/v1/predict", json=RESOLVED).status_code == 200
+                out.append(time.monotonic() - t0)
+        return out
+
+    quiet = normal_latencies(2.0)
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    loud = normal_latencies(5.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    log_bytes = sum(len(rec.getMessage()) + 1 for rec in logs)
+    figures = {"malformed_requests": len(codes), "statuses": sorted(set(codes)), "log_lines": len(logs),
+               "log_bytes": log_bytes, "normal_p50_ms_quiet": round(statistics.median(quiet) * 1000, 1),
+               "normal_p50_ms_flood": round(statistics.median(loud) * 1000, 1), "normal_requests_flood": len(loud)}
+    print(json.dumps(figures))
+    assert codes and all(400 <= c < 500 for c in codes), figures
+    assert not [rec for rec in logs if rec.exc_info or rec.levelno >= logging.ERROR]
+    assert len(logs) <= len(codes) and log_bytes <= 400 * len(codes), figures

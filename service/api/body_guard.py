@@ -8,7 +8,7 @@ streams its multipart body under its own cap, :mod:`service.api.upload`) and ref
 
 * a body above ``max_body_bytes``: 413 from the declared ``Content-Length`` before a byte
   is read, or as soon as the streamed bytes pass the cap (chunked bodies);
-* for JSON bodies, before parsing: nesting deeper than ``json_limits.MAX_DEPTH`` (422),
+* for JSON bodies, before parsing: bytes that are not UTF-8 (422), nesting deeper than ``json_limits.MAX_DEPTH`` (422),
   ``NaN``/``Infinity`` (422, not JSON), and strings that are not valid Unicode, i.e. a
   lone UTF-16 surrogate escape such as ``"\\ud800"`` that no tokenizer or encoder can take
   (422, naming where it is).
@@ -115,6 +115,10 @@ async def _json_problem(body: bytes) -> str | None:
 def _json_problem_sync(body: bytes) -> str | None:
     """Why this JSON body is refused before parsing, or None. Malformed JSON is left to the
     route's parser, which names the position."""
+    try:
+        body.decode("utf-8")  # JSON on the wire is UTF-8 (RFC 8259)
+    except UnicodeDecodeError as exc:
+        return f"the JSON body is not valid UTF-8 (byte {exc.start})"
     depth = nesting_depth(body)
     if depth > MAX_DEPTH:
         return f"the JSON body nests arrays or objects {depth} levels deep; the limit is {MAX_DEPTH}"
