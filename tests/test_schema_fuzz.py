@@ -25,8 +25,9 @@ from live_server import AUTH, TOKEN, LiveServer, upload_all
 from service.config import Settings
 
 MAX_EXAMPLES = 100
-# Routes being rewritten elsewhere, left out of the run until their responses are documented.
-EXCLUDED_PATHS_WHILE_REWRITTEN = r"^/v1/predict$|^/models/"
+# Routes being rewritten elsewhere, left out of the run until their responses are documented
+# (a regex of paths; None fuzzes every route).
+EXCLUDED_PATHS_WHILE_REWRITTEN: str | None = r"^/v1/predict$|^/models/"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,9 @@ def _spec() -> dict:
 
 
 SPEC = _spec()
-schema = schemathesis.openapi.from_dict(SPEC).exclude(path_regex=EXCLUDED_PATHS_WHILE_REWRITTEN)
+schema = schemathesis.openapi.from_dict(SPEC)
+if EXCLUDED_PATHS_WHILE_REWRITTEN:
+    schema = schema.exclude(path_regex=EXCLUDED_PATHS_WHILE_REWRITTEN)
 
 
 def test_the_live_server_serves_this_schema(live_api):

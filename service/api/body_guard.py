@@ -52,7 +52,7 @@ class BodyGuard:
         self.exempt = exempt  # (method, path) of routes that stream their own body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
+        if scope["type"] != "http" or (scope["method"], _route_path(scope)) in self.exempt:
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
         declared = headers.get(b"content-length")
@@ -98,6 +98,12 @@ class BodyGuard:
         # Close when the rest of the body was not read: the connection cannot be reused.
         headers = {"Connection": "close"} if close else None
         await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, _no_receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app's routes see (without the prefix the app may be mounted under)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def _is_json(content_type: bytes | None) -> bool:
