@@ -9,8 +9,8 @@ it so, and the schema that says so.
   only those of the first route that matched it), and ``OPTIONS`` answers 204 with it.
 * Anything unexpected: 500 with the same body (the traceback goes to the log, once).
 * The schema: :func:`responses` declares a route's error statuses with this body, and
-  every 422 (any route with parameters or a body) and 413 (any route with a body: the body
-  guard) is documented with it too, so what the schema says is what clients get.
+  every 422 (any route with parameters or a body), 413 and 400 (any route with a body: the
+  body guard, the parser) is documented with it too, so what the schema says is what clients get.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _document_shared_errors(schema: dict[str, Any]) -> None:
-    """Every 422 has the error body, every operation with a body documents 413."""
+    """Every 422 has the error body; every operation with a body documents 413 (the body
+    guard) and 400 (a body the JSON parser gives up on, e.g. a number of 5,000 digits)."""
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
@@ -136,8 +137,9 @@ def _document_shared_errors(schema: dict[str, Any]) -> None:
             answers = operation.setdefault("responses", {})
             if "422" in answers:
                 answers["422"] = {"description": _MEANING[422], "content": {"application/json": {"schema": error_ref}}}
-            if "requestBody" in operation and "413" not in answers:
-                answers["413"] = {"description": _MEANING[413], "content": {"application/json": {"schema": error_ref}}}
+            for code in (400, 413) if "requestBody" in operation else ():
+                answers.setdefault(str(code), {"description": _MEANING[code],
+                                               "content": {"application/json": {"schema": error_ref}}})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
 
