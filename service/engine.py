@@ -35,8 +35,8 @@ from service.hot_tier import HotTier
 from service.patcher import Patcher, PlanCache, switch_kind
 from service.registry_watch import RegistryWatch
 from service.scheduler import Job, Scheduler
-from service.tasks import ADAPTERS, TaskAdapter
-from service.tasks.common import Prepared
+from service.tasks import TASKS, InputError, Limits, Prepared, TaskIO
+from service.tasks.base import model_window
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,13 @@ class Composition:
         return self.task.id if self.task else self.language.id  # type: ignore[union-attr]
 
     @property
-    def adapter(self) -> TaskAdapter:
-        return ADAPTERS[self.task_type]
+    def io(self) -> TaskIO:
+        return TASKS[self.task_type]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The task head's labels in output order (none for QA and fill-mask)."""
+        return self.task.labels if self.task else ()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,6 +133,7 @@ class Engine:
         self._warm_queued = threading.Event()
         # Test hook: called inside the worker right before each forward pass.
         self.before_forward = None
+        self.limits = Limits(model_window(host.tokenizer, host.spec.config, settings.max_seq_len))
 
     def start(self) -> None:
         self.watch.start()
@@ -319,11 +325,26 @@ class Engine:
 
     # -- prediction ------------------------------------------------------------------------
 
-    def prepare(self, comp: Composition, inputs: list[Any]) -> list[Prepared]:
-        return [comp.adapter.prepare(self.host.tokenizer, raw, self.settings.max_seq_len) for raw in inputs]
+    def prepare(self, comp: Composition, inputs: list[Any], params, names: list[str]) -> list[Prepared]:
+        """Each input as its windows (CPU work: call it off the event loop). A refused input
+        is named (``names[i]``, e.g. ``inputs[2]``) in the error."""
+        prepared = []
+        for raw, name in zip(inputs, names):
+            try:
+                prepared.append(comp.io.prepare(self.host.tokenizer, raw, params, self.limits))
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}", exc.status) from None
+        return prepared
 
-    async def predict(self, comp: Composition, prepared: list[Prepared]) -> list[dict]:
-        job = Job(key=comp.key, payload=(comp, prepared), size=len(prepared))
+    def postprocess(self, comp: Composition, prepared: list[Prepared], outputs: list[list[dict]], params) -> list[Any]:
+        """The task's answers from the windows' outputs (CPU work: off the event loop)."""
+        return [comp.io.postprocess(self.host.tokenizer, p, o, params, comp.labels) for p, o in zip(prepared, outputs)]
+
+    async def predict(self, comp: Composition, windows: list[list[dict]]) -> list[list[dict]]:
+        """Run every input's windows (``windows[i]``: input i's) in the composition; answers
+        the windows' outputs, per input. The job's size is its window count, so a long
+        document weighs in batches as what it is."""
+        job = Job(key=comp.key, payload=(comp, windows), size=sum(len(w) for w in windows))
         future = self.scheduler.submit(job)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
@@ -378,23 +399,24 @@ class Engine:
                 tier = self.patcher.activate(key, load_diff)
                 metrics.SWITCHES.labels(kind, tier).inc()
                 metrics.SWITCH_SECONDS.labels(kind, tier).inc(time.perf_counter() - start)
-            prepared = [p for job in jobs for p in job.payload[1]]
+            windows = [w for job in jobs for item in job.payload[1] for w in item]
             forward_start = time.perf_counter()
-            results: list[dict] = []
+            outputs: list[dict] = []
             step = self.settings.max_batch_size
-            for start in range(0, len(prepared), step):
+            for start in range(0, len(windows), step):
                 if self.before_forward is not None:
                     self.before_forward(comp)
-                chunk = prepared[start : start + step]
-                results.extend(comp.adapter.run(model, self.host.tokenizer, chunk, self.host.device))
-            if prepared:
+                outputs.extend(comp.io.forward(model, self.host.tokenizer, windows[start : start + step], self.host.device))
+            if windows:
                 metrics.FORWARD_SECONDS.observe(time.perf_counter() - forward_start)
         except BaseException:
             self.patcher.restore()  # never leave a half-known state behind
             raise
         offset = 0
         for job in jobs:
-            n = job.size
+            per_input = []
+            for item in job.payload[1]:
+                per_input.append(outputs[offset : offset + len(item)])
+                offset += len(item)
             if not job.future.done():
-                job.future.set_result(results[offset : offset + n])
-            offset += n
+                job.future.set_result(per_input)
