@@ -334,6 +334,8 @@ class Engine:
                 prepared.append(comp.io.prepare(self.host.tokenizer, raw, params, self.limits))
             except InputError as exc:
                 raise InputError(f"{name}: {exc}", exc.status) from None
+            except (TypeError, ValueError, UnicodeError) as exc:  # what the tokenizer cannot read
+                raise InputError(f"{name}: the tokenizer cannot read it ({type(exc).__name__})") from None
         return prepared
 
     def postprocess(self, comp: Composition, prepared: list[Prepared], outputs: list[list[dict]], params) -> list[Any]:

@@ -59,6 +59,7 @@ def test_unknown_language_or_task_is_404_naming_what_exists(loaded):
 
 
 def test_malformed_bodies_are_422(loaded):
+    pristine = state_sha(loaded.app.state.engine.host.params)
     assert loaded.post("/v1/predict", json={"language": "hau", "task": "ner"}).status_code == 422
     assert loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": "john"}).status_code == 422
     assert loaded.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
@@ -70,6 +71,14 @@ def test_malformed_bodies_are_422(loaded):
     assert r.status_code == 422 and "parameters.aggregation_strategy" in r.json()["detail"]
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["x"], "extra": 1})
     assert r.status_code == 422 and "extra" in str(r.json()["detail"])
+    r = loaded.post("/models/hau/ner", json={"inputs": "john", "parameters": {"stride": 500}})
+    assert r.status_code == 422 and "parameters.stride" in r.json()["detail"]
+    r = loaded.post("/models/hau/ner", json={"inputs": ["john", 7]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("inputs[1]: ")
+    r = loaded.post("/models/hau/ner", content='{"inputs": "john \\ud800"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("inputs: ")
+    # Refused before the worker: nothing was patched, nothing queued.
+    assert loaded.app.state.engine.patcher.active is None and state_sha(loaded.app.state.engine.host.params) == pristine
     r = loaded.post("/v1/predict", json={"language": "english!", "task": "ner", "inputs": ["x"]})
     assert r.status_code == 422 and "language tag" in r.json()["detail"]
 
