@@ -344,15 +344,31 @@ class Engine:
 
     async def predict(self, comp: Composition, windows: list[list[dict]]) -> list[list[dict]]:
         """Run every input's windows (``windows[i]``: input i's) in the composition; answers
-        the windows' outputs, per input. The job's size is its window count, so a long
-        document weighs in batches as what it is."""
-        job = Job(key=comp.key, payload=(comp, windows), size=sum(len(w) for w in windows))
-        future = self.scheduler.submit(job)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            future.cancel()  # a job not yet taken is dropped by the worker
-            raise
+        the windows' outputs, per input.
+
+        Fair share: a request goes to the worker one batch of windows at a time
+        (``max_batch_size`` of them) and queues its next batch only when the previous one is
+        done, so a request of 64 long documents (hundreds of windows) takes turns with the
+        requests that arrive meanwhile instead of holding the worker for all of them."""
+        flat = [w for item in windows for w in item]
+        step = self.settings.max_batch_size
+        chunks = [flat[i : i + step] for i in range(0, len(flat), step)] or [[]]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_s
+        outputs: list[dict] = []
+        for chunk in chunks:
+            future = self.scheduler.submit(Job(key=comp.key, payload=(comp, [chunk]), size=len(chunk)))
+            try:
+                done = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                future.cancel()  # a job not yet taken is dropped by the worker
+                raise
+            outputs += done[0]
+        per_input, offset = [], 0
+        for item in windows:
+            per_input.append(outputs[offset : offset + len(item)])
+            offset += len(item)
+        return per_input
 
     # -- worker side -----------------------------------------------------------------------
 

@@ -232,3 +232,36 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
         cold = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})
     assert warm.status_code == cold.status_code == 200
     assert warm.json()["predictions"] == cold.json()["predictions"]
+
+
+def test_a_heavy_request_takes_turns_with_a_light_one(loaded):
+    """Fair share: a request of many windows goes to the worker a batch at a time, so a
+    light request sent while it runs is answered long before it ends."""
+    import threading
+    import time
+
+    engine = loaded.app.state.engine
+    engine.settings.max_batch_size = 4
+    forwards: list[str] = []
+
+    def slow(comp):
+        forwards.append(comp.task.key)
+        time.sleep(0.05)
+
+    engine.before_forward = slow
+    heavy = {"language": "hau", "task": "ner", "inputs": ["john went to lagos " * 8] * 4}  # 4 inputs x 4+ windows
+    done: dict[str, float] = {}
+
+    def send(name, body):
+        assert loaded.post("/v1/predict", json=body).status_code == 200
+        done[name] = time.monotonic()
+
+    t = threading.Thread(target=send, args=("heavy", heavy))
+    t.start()
+    while len(forwards) < 1:
+        time.sleep(0.005)
+    send("light", {"language": "hau", "task": "pos", "inputs": ["mary"]})
+    t.join()
+    engine.before_forward = None
+    assert done["light"] < done["heavy"]
+    assert forwards.index("pos") < len(forwards) - 2  # served between the heavy request's batches
