@@ -350,9 +350,7 @@ class Engine:
         (``max_batch_size`` of them) and queues its next batch only when the previous one is
         done, so a request of 64 long documents (hundreds of windows) takes turns with the
         requests that arrive meanwhile instead of holding the worker for all of them."""
-        flat = [w for item in windows for w in item]
-        step = self.settings.max_batch_size
-        chunks = [flat[i : i + step] for i in range(0, len(flat), step)] or [[]]
+        chunks = self._turns([w for item in windows for w in item])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.request_timeout_s
         outputs: list[dict] = []
@@ -369,6 +367,22 @@ class Engine:
             per_input.append(outputs[offset : offset + len(item)])
             offset += len(item)
         return per_input
+
+    def _turns(self, windows: list[dict]) -> list[list[dict]]:
+        """Windows cut into the batches a request queues one after the other: at most
+        ``max_batch_size`` windows and ``max_batch_tokens`` tokens (padded) each, which
+        bounds how long another request waits for its turn."""
+        turns: list[list[dict]] = [[]]
+        longest = 0
+        for window in windows:
+            n = len(window["input_ids"])
+            full = len(turns[-1]) >= self.settings.max_batch_size
+            if turns[-1] and (full or max(longest, n) * (len(turns[-1]) + 1) > self.settings.max_batch_tokens):
+                turns.append([])
+                longest = 0
+            turns[-1].append(window)
+            longest = max(longest, n)
+        return turns
 
     # -- worker side -----------------------------------------------------------------------
 
