@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import console
-from service.api import admin, catalog, errors, health, info, predict
+from service.api import admin, catalog, errors, health, inference, info, predict
 from service.api.body_guard import BodyGuard
 from service.config import Settings
 
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, *, make_engine: Callable[[Setti
     )
     app.state.settings = settings
     app.state.engine = None
-    for module in (predict, catalog, admin, health, info):
+    for module in (predict, inference, catalog, admin, health, info):
         app.include_router(module.router)
     console.mount(app)
     errors.install(app)

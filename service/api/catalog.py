@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from diffs_store import errors
 from diffs_store.metadata import DiffKind, TaskType
 from service.api.deps import get_engine
 from service.api.errors import responses
+from service.api.inference import inference_path
 from service.api.schemas import Languages, Pairs, Tasks
 from service.engine import Engine, RegistryDown
 
@@ -67,6 +68,13 @@ async def tasks(engine: Engine = Depends(get_engine)) -> dict:
 
 
 @router.get("/pairs", response_model=Pairs)
-async def pairs(engine: Engine = Depends(get_engine)) -> dict:
+async def pairs(request: Request, engine: Engine = Depends(get_engine)) -> dict:
+    """Every (language, task) a request can be served, each with the URL of its Hugging Face
+    Inference API route (give it to ``InferenceClient(model=...)``)."""
     found = await registry_call(engine, lambda: servable_pairs(engine), calls=16)
-    return {"base_fingerprint": engine.fingerprint, "pairs": found}
+    root = str(request.base_url).rstrip("/")
+    return {"base_fingerprint": engine.fingerprint, "pairs": [
+        {**p, "inference_path": inference_path(p["language"], p["task"]),
+         "inference_url": root + inference_path(p["language"], p["task"])}
+        for p in found
+    ]}

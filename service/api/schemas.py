@@ -59,6 +59,8 @@ class Tasks(BaseModel):
 class Pair(BaseModel):
     language: str | None
     task: str | None
+    inference_path: str = Field(..., description="the pair's Hugging Face Inference API route")
+    inference_url: str = Field(..., description="the same, absolute: give it to InferenceClient(model=...)")
 
 
 class Pairs(BaseModel):
