@@ -65,8 +65,8 @@ MALFORMED = {
     "empty task": (b'{"task":"","inputs":["x"]}', "task name ''"),
     "600 nested arrays": (b'{"task":"ner","inputs":' + b"[" * 600 + b"]" * 600 + b"}", "601 levels deep"),
     "nested in an object": (b'{"task":"ner","inputs":[' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"]}", "limit is 32"),
-    "lone surrogate": (b'{"task":"ner","inputs":["\\ud800"]}', "body.inputs[0]"),
-    "lone surrogate in a word list": (b'{"task":"ner","inputs":[["ok","x\\udfff"]]}', "body.inputs[0][1]"),
+    "lone surrogate": (b'{"task":"ner","inputs":["\\ud800"]}', "inputs[0]: a lone UTF-16 surrogate"),
+    "lone surrogate in a word list": (b'{"task":"ner","inputs":[["ok","x\\udfff"]]}', "inputs[0][1]: a lone"),
     "NaN": (b'{"task":"ner","inputs":NaN}', "NaN"),
     "Infinity in a list": (b'{"task":"ner","inputs":[-Infinity]}', "Infinity"),
     "invalid UTF-8": (b'{"task":"ner","inputs":["\xff"]}', "not valid UTF-8 (byte 25)"),
@@ -104,7 +104,7 @@ def test_validation_error_quotes_no_input(live):
     r = httpx.post(live.url + "/v1/predict", json={"task": "ner", "inputs": "x" * 5000}, timeout=30)
     assert r.status_code == 422
     detail = r.json()["detail"]
-    assert isinstance(detail, str) and detail.startswith("body.inputs:") and "xxxx" not in detail
+    assert isinstance(detail, str) and detail.startswith("inputs:") and "xxxx" not in detail
 
 
 def test_validation_handler_encodes_whatever_the_error_holds():
@@ -114,7 +114,7 @@ def test_validation_handler_encodes_whatever_the_error_holds():
               for i in range(9)]
     text = describe_validation(errors)
     text.encode("utf-8")  # would raise on a lone surrogate
-    assert text.startswith("body.inputs[0]: bad \\ud800 value") and text.endswith("and 4 more")
+    assert text.startswith("inputs[0]: bad \\ud800 value") and text.endswith("and 4 more")
 
 
 def _send_raw(port: int, data: bytes, read_s: float = 10.0) -> bytes:
@@ -177,7 +177,7 @@ def test_streamed_body_above_the_cap_is_refused_once_it_passes(live):
 
 
 def test_body_under_the_cap_reaches_the_route(live):
-    body = json.dumps({"task": "ner", "inputs": ["john"], "pad": "x" * (CAP - 100)}).encode()
+    body = b'{"task": "ner", "inputs": ["john"]' + b" " * (CAP - 100) + b"}"  # whitespace is valid JSON
     assert len(body) <= CAP
     r = httpx.post(live.url + "/v1/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 200, r.text

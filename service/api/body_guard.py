@@ -139,26 +139,27 @@ def _json_problem_sync(body: bytes) -> str | None:
     where = lone_surrogate_path(doc)
     if where is None:
         return None
-    return (f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): text must be "
+    return (f"{where}: a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); text must be "
             "valid Unicode")
 
 
 def lone_surrogate_path(doc: Any) -> str | None:
-    """The location (``body.inputs[0]``) of the first string, key or value, that cannot be
-    encoded as UTF-8, or None. Iterative: the depth is bounded, but no recursion is needed."""
-    stack: list[tuple[str, Any]] = [("body", doc)]
+    """The location (``inputs[0]``, as the routes name inputs) of the first string, key or
+    value, that cannot be encoded as UTF-8, or None. Iterative: the depth is bounded, but no
+    recursion is needed."""
+    stack: list[tuple[str, Any]] = [("", doc)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
             if not _encodable(value):
-                return where
+                return where or "the body"
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
         elif isinstance(value, dict):
             for key in reversed(list(value)):
                 if not _encodable(key):
-                    return f"a key of {where}"
-                stack.append((f"{where}.{key}", value[key]))
+                    return f"a key of {where or 'the body'}"
+                stack.append((f"{where}.{key}" if where else key, value[key]))
     return None
 
 

@@ -62,9 +62,10 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def location(loc: Sequence[Any]) -> str:
-    """``("body", "inputs", 0)`` -> ``body.inputs[0]``."""
+    """``("body", "inputs", 0)`` -> ``inputs[0]`` (body fields by their own names, as the
+    routes name inputs); ``("path", "diff_id")`` -> ``path.diff_id``."""
     out = ""
-    for part in loc:
+    for part in loc[1:] if tuple(loc[:1]) == ("body",) and len(loc) > 1 else loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "request"
 
