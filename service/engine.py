@@ -61,11 +61,12 @@ class RegistryDown(RuntimeError):
 class BlobMissing(RegistryDown):
     """503: the pair's diff is registered but its file is missing from the blob store."""
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry | str) -> None:
+        what = (f"{entry.kind.value} diff {entry.key!r} version {entry.version} (id {entry.id})"
+                if isinstance(entry, Entry) else f"diff {entry}")
         super().__init__(
-            f"{entry.kind.value} diff {entry.key!r} version {entry.version} (id {entry.id}) is registered but its "
-            "file is missing from the blob store; this pair cannot be served until the diff is uploaded again "
-            "or retired"
+            f"{what} is registered but its file is missing from the blob store; this pair cannot be served until "
+            "the diff is uploaded again or retired"
         )
 
 
@@ -428,7 +429,11 @@ class Engine:
         return cost
 
     def _load_diff(self, diff_id: str):
-        data = self.registry.load_bytes(diff_id)
+        try:
+            data = self.registry.load_bytes(diff_id)
+        except errors.NotFound:  # the file went between two audits: 503 now, and for the pair from now on
+            self.watch.missing_blobs = self.watch.missing_blobs | {diff_id}
+            raise BlobMissing(diff_id) from None
         return validate_diff_bytes(data, self.host.spec, max_bytes=len(data) + 1)
 
     def _head(self, comp: Composition, load_diff) -> torch.nn.Module:

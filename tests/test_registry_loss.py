@@ -80,6 +80,30 @@ def test_missing_blob_makes_its_pairs_503_and_shows_in_readyz_and_metrics(tiny_b
         shutdown_embedded(data_dir)
 
 
+def test_blob_gone_between_audits_is_a_503_not_a_500(tiny_base_dir, tiny_diffs, tmp_path):
+    """Nothing cached (no prewarm, no plan or head cache), no audit in sight: the worker's own
+    load finds the file gone and the request still gets the 503, and the pair stays refused."""
+    data_dir = tmp_path / "data"
+    settings = _settings(tiny_base_dir, data_dir).model_copy(update={
+        "registry_audit_s": 3600.0, "prewarm": False, "plan_cache_bytes": 0, "head_cache_bytes": 0})
+    try:
+        with LiveServer(settings) as live:
+            upload_all(live.url, tiny_diffs)
+            assert status(live.url, "POST", "/v1/predict", RESOLVED) == 200  # the pair is resolved
+            ner = live.engine.registry.resolve(live.engine.fingerprint, "task", "ner")
+            live.engine.registry.blobs.path(ner.id).unlink()
+            # another pair first, so the worker must load ner's file again to switch back
+            assert status(live.url, "POST", "/v1/predict", {"language": "swa", "task": "pos", "inputs": ["x"]}) == 200
+            for _ in range(2):
+                r = httpx.post(live.url + "/v1/predict", json=RESOLVED, timeout=30)
+                assert r.status_code == 503, r.text
+                assert ner.id in r.json()["detail"] and "/" not in r.json()["detail"]
+            assert ner.id in httpx.get(live.url + "/readyz", timeout=10).json()["missing_blobs"]
+            assert status(live.url, "POST", "/v1/predict", {**RESOLVED, "task": "pos"}) == 200
+    finally:
+        shutdown_embedded(data_dir)
+
+
 def _recovery(live, lose, name: str) -> dict:
     """Lose Redis's data with ``lose()`` and time the way back: /readyz 200 again, a pair
     never resolved before answers 200, and the registry lists the same diffs."""
