@@ -5,7 +5,7 @@
 import { adminToken, getJSON, request, uploadDiff } from "./api.js";
 import { languageName, refresh } from "./catalog.js";
 import { $, formatBytes, h, say, shortId, when } from "./dom.js";
-import { devDetail, devSummary, sourceText } from "./figures.js";
+import { devDetail, devSummary } from "./figures.js";
 import { describeRefusal } from "./refusals.js";
 
 function showInspect(entry) {
@@ -41,7 +41,7 @@ function row(entry) {
   return h("tr", { "data-id": entry.id },
     h("td", {}, entry.kind), h("td", {}, key), h("td", {}, `v${entry.version}`),
     h("td", {}, entry.task_type || ""),
-    h("td", { class: "source" }, entry.kind === "task" ? sourceText(entry.language) : ""),
+    h("td", { class: "source" }, entry.kind === "task" && entry.language ? languageName(entry.language) : ""),
     h("td", { class: "dev", title: devDetail(entry.metrics?.dev) || null }, devSummary(entry.metrics?.dev)),
     h("td", { class: "num" }, entry.nnz.toLocaleString()),
     h("td", { class: "num" }, formatBytes(entry.size)), h("td", { class: "nowrap", title: entry.published_at }, when(entry.published_at)),
@@ -53,7 +53,7 @@ function row(entry) {
 
 async function reload() {
   const { diffs } = await getJSON("v1/admin/diffs", { admin: true });
-  const header = ["kind", "language / task", "version", "task type", "source", "dev scores", "nnz", "size", "published", "id", ""];
+  const header = ["kind", "language / task", "version", "task type", "trained on", "dev scores", "nnz", "size", "published", "id", ""];
   $("diff-list").replaceChildren(diffs.length
     ? h("table", { id: "diff-table" },
       h("thead", {}, h("tr", {}, header.map((c) => h("th", { scope: "col" }, c)))),

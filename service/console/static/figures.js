@@ -41,7 +41,7 @@ export function devDetail(dev) {
 }
 
 /** "trained on Hausa (hau)", or "" when the task diff names no single source language. */
-export const sourceText = (language) => (language ? `trained on ${languageName(language)}` : "");
+const sourceText = (language) => (language ? `trained on ${languageName(language)}` : "");
 
 /** Source language and dev scores of a task (or dev scores of a language), joined. */
 export function about(source, dev) {
