@@ -187,6 +187,28 @@ def test_an_error_or_a_change_of_pair_clears_the_answer(server, driver):
     assert not result.is_displayed() and not result.find_elements(CSS, ".bar-row")
 
 
+# The page's fetch, slowed down: an answer arrives 1.5 s after it was asked for, and
+# window.answered says when it has (and its body has been read by the page, 0.3 s later).
+SLOW_FETCH = """
+const real = window.fetch;
+window.answered = false;
+window.fetch = (...args) => new Promise((resolve) => setTimeout(() => resolve(real(...args).then((r) => {
+  setTimeout(() => { window.answered = true; }, 300); return r; })), 1500));"""
+
+
+def test_an_answer_that_arrives_after_a_change_of_pair_is_dropped(server, driver):
+    open_console(driver, server)
+    Select(driver.find_element(By.ID, "try-language")).select_by_value("swa")
+    Select(driver.find_element(By.ID, "try-task")).select_by_value("nli")
+    driver.execute_script(SLOW_FETCH)
+    driver.find_element(By.ID, "try-run").click()
+    Select(driver.find_element(By.ID, "try-task")).select_by_value("ner")  # while swa + nli is asked
+    wait(driver, lambda d: d.execute_script("return window.answered"))
+    result = driver.find_element(By.ID, "try-result")
+    assert not result.is_displayed() and not result.find_elements(CSS, ".bar-row")
+    assert not driver.find_element(By.ID, "try-error").is_displayed()
+
+
 def test_upload_through_the_page_appears_in_the_matrix(server, driver, tiny_diffs, tmp_path):
     path = tmp_path / "yor.safetensors"
     path.write_bytes(tiny_diffs[("language", "yor")])
