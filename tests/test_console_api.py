@@ -1,6 +1,7 @@
 """What the console needs from the server, without a browser: the page and its files are
-served from the package (and name no outside host), /v1/info and /v1/catalog answer, the
-language-name table covers the MasakhaNER languages."""
+served from the package (and name no outside host), /v1/info and /v1/catalog answer (with
+each task's source language and each diff's recorded dev scores), the language-name table
+covers the MasakhaNER languages, every refusal code has the console's words."""
 
 from __future__ import annotations
 
@@ -122,5 +123,5 @@ def test_refusal_codes_the_console_words_are_the_servers():
     from diffs_store import errors
 
     codes = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)} - {errors.BAD_REFERENCE}
-    worded = set(re.findall(r"^\s+([a-z_]+): \"", (STATIC / "refusals.js").read_text(), re.M))
+    worded = set(re.findall(r"^\s+([a-z_]+): \"", (STATIC / "refusals.js").read_text(), re.MULTILINE))
     assert worded == codes

@@ -248,7 +248,10 @@ def test_recorded_dev_scores_and_source_language_are_shown(server, driver):
     wait(driver, EC.presence_of_element_located((By.ID, "diff-table")))
     ids = {(d["kind"], d["key"]): d["id"] for d in
            httpx.get(f"{server}/v1/admin/diffs", headers={"Authorization": f"Bearer {TOKEN}"}).json()["diffs"]}
-    row = lambda kind, key: driver.find_element(CSS, f"#diff-table tr[data-id='{ids[(kind, key)]}']")  # noqa: E731
+
+    def row(kind, key):
+        return driver.find_element(CSS, f"#diff-table tr[data-id='{ids[(kind, key)]}']")
+
     assert row("task", "ner").find_element(CSS, "td.source").text == "Hausa (hau)"
     assert row("task", "ner").find_element(CSS, "td.dev").text == "dev F1 0.812 (hau)"
     assert row("language", "pcm").find_element(CSS, "td.dev").text == "dev perplexity 12.2"
