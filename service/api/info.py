@@ -1,5 +1,6 @@
 """GET /v1/info (what is loaded, cache use, counters) and GET /v1/catalog (languages and tasks
-with their latest versions): the two views the web console needs that the other routes lack."""
+with their latest versions, source languages and recorded dev scores): the two views the web
+console needs that the other routes lack."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ answer against them. Error bodies are :class:`service.api.errors.ErrorResponse`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -27,6 +29,8 @@ class DiffEntry(BaseModel):
     size: int = Field(..., description="file size in bytes")
     created_at: str
     published_at: str
+    metrics: dict[str, Any] = Field(default_factory=dict, description="the producer's recorded figures (dev scores "
+                                    "under 'dev'), as the diff's metadata carries them")
 
 
 class DiffList(BaseModel):
@@ -49,6 +53,9 @@ class TaskInfo(BaseModel):
     labels: list[str]
     latest_version: int
     id: str
+    source_language: str | None = Field(None, description="the language the task diff was trained on (None: several "
+                                        "or unknown)")
+    dev_metrics: dict[str, Any] = Field(default_factory=dict, description="the dev scores its producer recorded")
 
 
 class Tasks(BaseModel):
@@ -75,6 +82,7 @@ class LanguageRow(BaseModel):
     latest_version: int
     id: str
     task_type: str | None = Field(..., description="'fill-mask' when the language answers alone (it has an MLM head)")
+    dev_metrics: dict[str, Any] = Field(default_factory=dict, description="the dev scores its producer recorded")
 
 
 class Catalog(BaseModel):
