@@ -269,3 +269,15 @@ def test_four_clients_looping_malformed_bodies(live, logs):
     assert codes and all(400 <= c < 500 for c in codes), figures
     assert not [rec for rec in logs if rec.exc_info or rec.levelno >= logging.ERROR]
     assert len(logs) <= len(codes) and log_bytes <= 400 * len(codes), figures
+
+
+def test_a_refusal_quoting_a_long_key_stays_one_short_line(live, logs):
+    """A lone surrogate under a 100 KB key with newlines: the detail and the log line quote
+    it bounded, escaped, on one line."""
+    key = "k\n" * 50_000
+    body = json.dumps({"task": "ner", "inputs": ["x"], key: "\ud800"}, ensure_ascii=True).encode()
+    r = httpx.post(live.url + "/v1/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert len(detail) <= 2000 and "\n" not in detail and detail.startswith("k\\nk\\n")
+    assert all("\n" not in rec.getMessage() and len(rec.getMessage()) < 2200 for rec in logs)

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from diffs_store.json_limits import MAX_DEPTH, nesting_depth, non_standard_constant
+from service.api.errors import printable
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class BodyGuard:
                 return b"".join(chunks), None
 
     async def _refuse(self, scope: Scope, send: Send, status: int, detail: str, *, close: bool = False) -> None:
+        detail = printable(detail)  # it may quote a client's field names
         log.info("refused %s %s: %d %s", scope["method"], scope["path"], status, detail)
         # Close when the rest of the body was not read: the connection cannot be reused.
         headers = {"Connection": "close"} if close else None

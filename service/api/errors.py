@@ -16,6 +16,7 @@ it so, and the schema that says so.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # Errors named in one answer; the rest are counted.
 _SHOWN = 5
 _MAX_DETAIL_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ErrorResponse(BaseModel):
@@ -87,8 +89,10 @@ def describe_validation(errors: Sequence[dict[str, Any]]) -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` bounded in length and encodable as UTF-8 whatever it quotes."""
+    """``text`` bounded in length, on one line and encodable as UTF-8 whatever it quotes
+    (a client's field names end up in details and in the log)."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
     return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 3] + "..."
 
 
