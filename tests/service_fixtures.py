@@ -87,10 +87,12 @@ def running_server(base_dir: Path, data_dir: Path, token: str, **settings: str):
 
 @contextmanager
 def server_process(base_dir: Path, data_dir: Path, token: str, *args: str, log: Path | None = None,
-                   ready_s: float = 90, **settings: str):
+                   ready_s: float = 90, own_group: bool = False, **settings: str):
     """As :func:`running_server`, yielding ``(process, url)``; ``args`` are extra `csft serve`
     options (e.g. "--replicas", "2"); ``log`` takes the server's output (default: a pipe,
-    read only when it fails to start, so keep the default to servers that log little)."""
+    read only when it fails to start, so keep the default to servers that log little);
+    ``own_group`` starts it in a process group of its own, as a shell runs a foreground job
+    (so the test can send Ctrl-C's SIGINT to the whole group)."""
     port = free_port()
     env = dict(os.environ, CSFT_BASE_MODEL=str(base_dir), CSFT_DATA_DIR=str(data_dir),
                CSFT_ADMIN_TOKEN=token, CSFT_DEVICE="cpu", **{f"CSFT_{k}": v for k, v in settings.items()})
@@ -98,7 +100,7 @@ def server_process(base_dir: Path, data_dir: Path, token: str, *args: str, log: 
     cli = Path(sys.executable).with_name("csft")
     out = open(log, "wb") if log is not None else subprocess.PIPE
     proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                             *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+                             *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group)
 
     def exited() -> str | None:
         if proc.poll() is None:
