@@ -11,6 +11,7 @@ machines needs ``REDIS_URL`` and a ``data_dir`` on a shared volume.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import time
 from contextlib import contextmanager
@@ -64,21 +65,73 @@ def deploy(options: ScaleOutOptions, host: str, port: int, *, blocking_ready_s: 
     wait_ready(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", blocking_ready_s)
 
 
+class _Hurry(BaseException):
+    """A second stop signal while Serve shuts down gracefully: skip the rest of that."""
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM handling for the driver, so that every way an operator stops it
+    (Ctrl-C, ``kill``, ``docker stop``, Ctrl-C and then SIGTERM) runs the whole shutdown.
+
+    The first signal raises KeyboardInterrupt in the main thread, wherever it is (waiting,
+    or still deploying); :func:`run`'s ``finally`` then stops Serve, Ray and the embedded
+    Redis in that order. A second signal only cuts Serve's graceful shutdown short; once
+    Ray and Redis are being stopped, signals are logged and ignored. Without this, Ray's own
+    SIGTERM handler (installed by ``ray.init``) killed Ray's processes and called
+    ``sys.exit`` from whatever the main thread was doing: during the shutdown after a
+    Ctrl-C, that skipped the rest of it and left the embedded Redis running, orphaned, on
+    its TCP port.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "running"  # -> "serve" (graceful Serve shutdown) -> "final"
+
+    def install(self) -> None:
+        """(Re)install the handlers: call again after ``ray.init``, which sets its own."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.phase == "running":
+            self.phase = "serve"
+            log.info("%s: shutting down Serve, Ray and the registry", name)
+            raise KeyboardInterrupt
+        if self.phase == "serve":
+            self.phase = "final"
+            log.warning("%s again: skipping the rest of Serve's graceful shutdown", name)
+            raise _Hurry
+        log.warning("%s: already stopping Ray and the registry; they stop in a few seconds", name)
+
+
 def run(settings: Settings, options: ScaleOutOptions, host: str, port: int, ray_address: str | None) -> None:
-    """Blocks until interrupted, then shuts Serve, Ray (when started here) and Redis down."""
+    """Blocks until interrupted (SIGINT or SIGTERM), then shuts Serve, Ray (when started
+    here) and the embedded Redis down, whatever further signals arrive (:class:`_StopSignals`)."""
     import ray
     from ray import serve
 
-    with shared_registry(settings) as shared:
-        options = options.model_copy(update={"settings": {**settings_args(shared), **options.settings}})
-        ray.init(address=ray_address, include_dashboard=False)
-        try:
-            deploy(options, host, port)
-            log.info("serving on http://%s:%d with %d model replicas", host, port, options.replicas)
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    stop = _StopSignals()
+    stop.install()
+    try:
+        with shared_registry(settings) as shared:
+            options = options.model_copy(update={"settings": {**settings_args(shared), **options.settings}})
+            ray.init(address=ray_address, include_dashboard=False)
+            stop.install()
+            try:
+                deploy(options, host, port)
+                log.info("serving on http://%s:%d with %d model replicas", host, port, options.replicas)
+                while True:
+                    time.sleep(3600)
+            finally:
+                try:
+                    if stop.phase != "final":
+                        stop.phase = "serve"
+                        serve.shutdown()
+                        stop.phase = "final"
+                except _Hurry:
+                    pass
+                finally:
+                    stop.phase = "final"
+                    ray.shutdown()
+    except (KeyboardInterrupt, _Hurry):
+        pass
