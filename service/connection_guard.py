@@ -216,6 +216,7 @@ def uvicorn_config(app, settings, *, host: str, port: int, log_level: str):
         limits = ConnectionLimits(limits.header_timeout_s, limits.body_timeout_s, limits.max_header_bytes, fitted)
     guard = ConnectionGuard(limits)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, http=guard.protocol_class(),
-                            timeout_keep_alive=settings.keep_alive_timeout_s)
+                            timeout_keep_alive=settings.keep_alive_timeout_s,
+                            h11_max_incomplete_event_size=limits.max_header_bytes)  # same head cap on h11
     config.connection_guard = guard  # for tests and diagnostics
     return config

@@ -243,3 +243,80 @@ def test_a_slow_authorised_upload_gets_the_upload_deadline_not_the_body_deadline
         reply = s.recv(4096)
     assert time.monotonic() - t0 > BODY_TIMEOUT_S
     assert reply.startswith(b"HTTP/1.1 201"), reply[:200]
+
+
+async def _echo_app(scope, receive, send):
+    """A minimal ASGI app: reads the whole body, answers 200 "ok"."""
+    if scope["type"] == "lifespan":
+        while (m := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (m := await receive())["type"] == "http.request" and m.get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _closed_after(port: int, first: bytes, trickle: bool = False) -> tuple[float, bytes]:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(first)
+        s.settimeout(0.5)
+        t0, got = time.monotonic(), b""
+        while time.monotonic() - t0 < 15:
+            try:
+                data = s.recv(4096)
+            except socket.timeout:
+                if trickle:
+                    s.send(b"x")
+                continue
+            if not data:
+                return time.monotonic() - t0, got
+            got += data
+    raise AssertionError("the connection was not closed")
+
+
+@pytest.mark.parametrize("parser", ["h11", "httptools"])
+def test_the_guard_works_on_either_uvicorn_parser(parser):
+    """The hooks do not depend on the parser: the same deadlines, head cap and connection cap
+    on h11 (a plain install) and httptools (uvicorn[standard])."""
+    import uvicorn
+
+    from service.connection_guard import ConnectionGuard, ConnectionLimits
+    from service_fixtures import free_port
+
+    if parser == "httptools":
+        pytest.importorskip("httptools")
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    guard = ConnectionGuard(ConnectionLimits(header_timeout_s=1, body_timeout_s=2, max_header_bytes=4096,
+                                             max_connections=16))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_echo_app, host="127.0.0.1", port=port, http=guard.protocol_class(base),
+                                           timeout_keep_alive=1, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        t, got = _closed_after(port, PARTIAL_HEAD)
+        assert t < 1 + SLACK_S and got.startswith(b"HTTP/1.1 408")
+        t, got = _closed_after(port, b"")
+        assert t < 1 + SLACK_S and got == b""
+        t, got = _closed_after(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", trickle=True)
+        assert 1.5 < t < 2 + SLACK_S and got.startswith(b"HTTP/1.1 408")
+        t, got = _closed_after(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200") and t < 1 + SLACK_S
+        _, got = _closed_after(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-P: " + b"a" * 5000 + b"\r\n")
+        assert got.startswith(b"HTTP/1.1 431")
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        deadline = time.monotonic() + 10
+        while guard.closed_by_reason["evicted"] < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(guard.open) <= 16 and guard.closed_by_reason["evicted"] >= 24
+        for s in held:
+            s.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
