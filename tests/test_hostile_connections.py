@@ -320,3 +320,31 @@ def test_the_guard_works_on_either_uvicorn_parser(parser):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_the_open_file_limit_is_raised_and_the_cap_fits_under_it():
+    """A soft limit of 256 (below the cap) is raised to the hard limit; a hard limit of 1024
+    lowers the connection cap to fit, rather than running out of descriptors at 1024."""
+    import subprocess
+    import sys
+
+    code = """
+import resource
+from service.config import Settings
+from service.connection_guard import uvicorn_config
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard}))
+config = uvicorn_config(lambda *a: None, Settings(max_connections=2048), host="127.0.0.1", port=1, log_level="error")
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], config.connection_guard.limits.max_connections)
+"""
+    hard = resource_hard_limit()
+    out = subprocess.run([sys.executable, "-c", code.format(hard=hard)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(hard), str(min(2048, hard - 256))]
+    out = subprocess.run([sys.executable, "-c", code.format(hard=1024)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1024", "768"] and "does not fit the open-file limit" in out.stderr
+
+
+def resource_hard_limit() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20

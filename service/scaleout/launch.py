@@ -11,6 +11,7 @@ machines needs ``REDIS_URL`` and a ``data_dir`` on a shared volume.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import time
@@ -54,13 +55,19 @@ def shared_registry(settings: Settings) -> Iterator[Settings]:
         shutdown_embedded(settings.data_dir)
 
 
-def deploy(options: ScaleOutOptions, host: str, port: int, *, blocking_ready_s: float = 300.0) -> None:
-    """Start Serve's HTTP proxy on host:port and run the application (ray.init done)."""
+def deploy(options: ScaleOutOptions, host: str, port: int, *, blocking_ready_s: float = 300.0,
+           keep_alive_timeout_s: float | None = None) -> None:
+    """Start Serve's HTTP proxy on host:port and run the application (ray.init done).
+    ``keep_alive_timeout_s`` is CSFT_KEEP_ALIVE_TIMEOUT_S, the one connection limit Serve's
+    proxy offers (it has no head or body deadline: see docs/RELIABILITY.md)."""
     from ray import serve
 
     from service.scaleout.app import build_app
 
-    serve.start(http_options={"host": host, "port": port})
+    http_options: dict = {"host": host, "port": port}
+    if keep_alive_timeout_s is not None:
+        http_options["keep_alive_timeout_s"] = math.ceil(keep_alive_timeout_s)  # Serve takes whole seconds
+    serve.start(http_options=http_options)
     serve.run(build_app(options), name=APP_NAME, route_prefix="/", blocking=False)
     wait_ready(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}", blocking_ready_s)
 
@@ -118,7 +125,7 @@ def run(settings: Settings, options: ScaleOutOptions, host: str, port: int, ray_
             ray.init(address=ray_address, include_dashboard=False)
             stop.install()
             try:
-                deploy(options, host, port)
+                deploy(options, host, port, keep_alive_timeout_s=settings.keep_alive_timeout_s)
                 log.info("serving on http://%s:%d with %d model replicas", host, port, options.replicas)
                 while True:
                     time.sleep(3600)
