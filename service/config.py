@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request head (request line and headers); 431 above.")
     max_connections: int = Field(
         2048, ge=16, description="Open client connections at most; at the cap a new one evicts the oldest connection "
-        "that is idle or still sending its head. Lowered to fit the open-file limit, which is raised to its hard limit.",
+        "that is idle or still sending its head (else its body). Lowered to fit the open-file limit, which is raised to its hard limit.",
     )
     auth_failures_per_window: int = Field(
         10, ge=1, description="Failed admin authentications one client may make per window before getting 429."

@@ -21,9 +21,10 @@ h11) is subclassed with a few hooks that do not depend on the parser:
   through the ASGI scope extension :data:`EXTEND_BODY_DEADLINE`;
 * a head larger than ``max_header_bytes`` is refused with 431;
 * at ``max_connections`` a new connection evicts the oldest one that is not inside a
-  request (idle keep-alive, or still sending its head); if every connection is inside a
-  request, the new one is closed at once. Attackers thus cannot keep a legitimate client
-  (or a health probe) out, and the file descriptors used stay bounded.
+  request (idle keep-alive, or still sending its head), else the oldest still sending its
+  body; if every connection is being answered, the new one is closed at once. Attackers
+  thus cannot keep a legitimate client (or a health probe) out, and the file descriptors
+  used stay bounded.
 
 A sweep rather than a timer per connection: it needs no hook into each parser's events, and
 a deadline one second late does not matter. The Ray Serve path has its own HTTP proxy and
@@ -97,7 +98,8 @@ class ConnectionGuard:
     def admit(self, conn) -> bool:
         """Make room for ``conn``: False when every connection is inside a request."""
         if len(self.open) >= self.limits.max_connections:
-            victim = next((c for c in self.open if c._between_requests()), None)
+            victim = next((c for c in self.open if c._between_requests()), None) \
+                or next((c for c in self.open if c._sending_body()), None)
             if victim is None:
                 self.closed_by_reason["refused"] += 1
                 return False
@@ -169,6 +171,11 @@ class _GuardedMixin:
         """Not inside a request: nothing received yet, idle after a response, or sending a head."""
         cycle = self.cycle  # type: ignore[attr-defined]
         return cycle is None or cycle.response_complete
+
+    def _sending_body(self) -> bool:
+        """Inside a request whose body is still arriving and whose answer has not begun."""
+        cycle = self.cycle  # type: ignore[attr-defined]
+        return cycle is not None and cycle.more_body and not cycle.response_started
 
     def _overdue(self, now: float) -> str | None:
         cycle = self.cycle  # type: ignore[attr-defined]

@@ -317,6 +317,18 @@ def test_the_guard_works_on_either_uvicorn_parser(parser):
         assert len(guard.open) <= 16 and guard.closed_by_reason["evicted"] >= 24
         for s in held:
             s.close()
+        # Connections with a complete head, trickling their bodies, are evicted next.
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+        for s in held:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx")
+        time.sleep(0.5)
+        evicted = guard.closed_by_reason["evicted"]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+        assert guard.closed_by_reason["evicted"] > evicted
+        for s in held:
+            s.close()
     finally:
         server.should_exit = True
         thread.join(10)
