@@ -15,7 +15,7 @@ import math
 import signal
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from service.config import Settings
@@ -81,17 +81,21 @@ class _StopSignals:
     (Ctrl-C, ``kill``, ``docker stop``, Ctrl-C and then SIGTERM) runs the whole shutdown.
 
     The first signal raises KeyboardInterrupt in the main thread, wherever it is (waiting,
-    or still deploying); :func:`run`'s ``finally`` then stops Serve, Ray and the embedded
-    Redis in that order. A second signal only cuts Serve's graceful shutdown short; once
-    Ray and Redis are being stopped, signals are logged and ignored. Without this, Ray's own
-    SIGTERM handler (installed by ``ray.init``) killed Ray's processes and called
-    ``sys.exit`` from whatever the main thread was doing: during the shutdown after a
-    Ctrl-C, that skipped the rest of it and left the embedded Redis running, orphaned, on
-    its TCP port.
+    or still deploying); :func:`run` then stops the embedded Redis, Serve and Ray in that
+    order. A second signal only cuts Serve's graceful shutdown short; at any other time
+    further signals are logged and ignored.
+
+    Why this order and these handlers. Ctrl-C reaches Ray's own processes too (one process
+    group); once the raylet is gone, Ray's core worker ends the driver with ``_exit`` a few
+    seconds later, wherever its shutdown has got to, and no ``finally`` or ``atexit`` runs.
+    And ``ray.init`` installs a SIGTERM handler that kills Ray's processes and calls
+    ``sys.exit`` from whatever the main thread is doing. Either way the embedded Redis was
+    left running, orphaned, on its TCP port. It is stopped first now (milliseconds), before
+    anything of Ray's can end the process; the replicas lose it only as they stop.
     """
 
     def __init__(self) -> None:
-        self.phase = "running"  # -> "serve" (graceful Serve shutdown) -> "final"
+        self.phase = "running"  # -> "registry" -> "serve" (graceful, may be cut short) -> "ray"
 
     def install(self) -> None:
         """(Re)install the handlers: call again after ``ray.init``, which sets its own."""
@@ -101,44 +105,45 @@ class _StopSignals:
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.phase == "running":
-            self.phase = "serve"
-            log.info("%s: shutting down Serve, Ray and the registry", name)
+            self.phase = "registry"
+            log.info("%s: stopping the registry, Serve and Ray", name)
             raise KeyboardInterrupt
         if self.phase == "serve":
-            self.phase = "final"
+            self.phase = "ray"
             log.warning("%s again: skipping the rest of Serve's graceful shutdown", name)
             raise _Hurry
-        log.warning("%s: already stopping Ray and the registry; they stop in a few seconds", name)
+        log.warning("%s: already stopping (%s); this takes a few seconds", name, self.phase)
 
 
 def run(settings: Settings, options: ScaleOutOptions, host: str, port: int, ray_address: str | None) -> None:
-    """Blocks until interrupted (SIGINT or SIGTERM), then shuts Serve, Ray (when started
-    here) and the embedded Redis down, whatever further signals arrive (:class:`_StopSignals`)."""
+    """Blocks until interrupted (SIGINT or SIGTERM), then stops the embedded Redis, Serve and
+    Ray (when started here), whatever further signals arrive (:class:`_StopSignals`)."""
     import ray
     from ray import serve
 
     stop = _StopSignals()
     stop.install()
+    registry = ExitStack()
     try:
-        with shared_registry(settings) as shared:
-            options = options.model_copy(update={"settings": {**settings_args(shared), **options.settings}})
-            ray.init(address=ray_address, include_dashboard=False)
-            stop.install()
-            try:
-                deploy(options, host, port, keep_alive_timeout_s=settings.keep_alive_timeout_s)
-                log.info("serving on http://%s:%d with %d model replicas", host, port, options.replicas)
-                while True:
-                    time.sleep(3600)
-            finally:
-                try:
-                    if stop.phase != "final":
-                        stop.phase = "serve"
-                        serve.shutdown()
-                        stop.phase = "final"
-                except _Hurry:
-                    pass
-                finally:
-                    stop.phase = "final"
-                    ray.shutdown()
-    except (KeyboardInterrupt, _Hurry):
+        shared = registry.enter_context(shared_registry(settings))
+        options = options.model_copy(update={"settings": {**settings_args(shared), **options.settings}})
+        ray.init(address=ray_address, include_dashboard=False)
+        stop.install()
+        deploy(options, host, port, keep_alive_timeout_s=settings.keep_alive_timeout_s)
+        log.info("serving on http://%s:%d with %d model replicas", host, port, options.replicas)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
         pass
+    finally:
+        stop.phase = "registry"
+        registry.close()
+        try:
+            if ray.is_initialized():
+                stop.phase = "serve"
+                serve.shutdown()
+        except _Hurry:
+            pass
+        finally:
+            stop.phase = "ray"
+            ray.shutdown()
