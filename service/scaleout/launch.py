@@ -86,8 +86,9 @@ class _StopSignals:
     further signals are logged and ignored.
 
     Why this order and these handlers. Ctrl-C reaches Ray's own processes too (one process
-    group); once the raylet is gone, Ray's core worker ends the driver with ``_exit`` a few
-    seconds later, wherever its shutdown has got to, and no ``finally`` or ``atexit`` runs.
+    group); once the raylet was gone the driver was seen to end about 5 s later, wherever
+    its shutdown had got to, with no ``finally`` or ``atexit`` run (Ray's core worker exits
+    a driver whose raylet died).
     And ``ray.init`` installs a SIGTERM handler that kills Ray's processes and calls
     ``sys.exit`` from whatever the main thread is doing. Either way the embedded Redis was
     left running, orphaned, on its TCP port. It is stopped first now (milliseconds), before
