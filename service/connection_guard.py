@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from service.metrics import CONNECTIONS_CLOSED, OPEN_CONNECTIONS
+
 log = logging.getLogger(__name__)
 
 # ASGI scope extension (``scope["extensions"][EXTEND_BODY_DEADLINE]``): called with a number
@@ -84,6 +86,11 @@ class ConnectionGuard:
         self.closed_by_reason = {"header_timeout": 0, "body_timeout": 0, "header_too_large": 0,
                                  "evicted": 0, "refused": 0}
         self._sweeper: asyncio.TimerHandle | None = None
+        OPEN_CONNECTIONS.set_function(lambda: len(self.open))
+
+    def count(self, reason: str) -> None:
+        self.closed_by_reason[reason] += 1
+        CONNECTIONS_CLOSED.labels(reason).inc()
 
     def protocol_class(self, base: type | None = None) -> type:
         """``base`` (default: the class uvicorn's ``http="auto"`` picks) with the guard's hooks."""
@@ -101,9 +108,9 @@ class ConnectionGuard:
             victim = next((c for c in self.open if c._between_requests()), None) \
                 or next((c for c in self.open if c._sending_body()), None)
             if victim is None:
-                self.closed_by_reason["refused"] += 1
+                self.count("refused")
                 return False
-            self.closed_by_reason["evicted"] += 1
+            self.count("evicted")
             self.forget(victim)
             victim.transport.close()
         self.open[conn] = None
@@ -119,7 +126,7 @@ class ConnectionGuard:
         for conn in list(self.open):
             reason = conn._overdue(now)
             if reason is not None:
-                self.closed_by_reason[reason] += 1
+                self.count(reason)
                 self.forget(conn)
                 conn._close_overdue(reason)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep) if self.open else None
@@ -154,7 +161,7 @@ class _GuardedMixin:
         elif reading_head and self._between_requests():
             self._head_bytes += len(data)
             if self._head_bytes > self.guard.limits.max_header_bytes and not self.transport.is_closing():
-                self.guard.closed_by_reason["header_too_large"] += 1
+                self.guard.count("header_too_large")
                 self.guard.forget(self)
                 self.transport.write(TOO_LARGE_431)
                 self.transport.close()

@@ -175,6 +175,11 @@ def test_a_thousand_stalled_clients_are_closed_in_time_and_healthz_answers(serve
     assert BODY_TIMEOUT_S - 0.5 <= min(trickle) and max(trickle) <= BODY_TIMEOUT_S + SLACK_S
     assert answers == {b"HTTP/1.1 408"}  # the trickling clients were told why
     assert fds_after <= fds_before + 10
+    metrics = httpx.get(f"{url}/metrics").text
+    closed = {reason: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("csft_connections_closed_total{")
+              for reason in [line.split('"')[1]]}
+    assert closed["header_timeout"] >= 800 and closed["body_timeout"] >= 200, closed
 
 
 def test_the_connection_cap_sheds_the_oldest_stalled_connections(server):

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.engine import Engine
+from service.metrics import ADMIN_AUTH_REFUSED
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -40,6 +41,7 @@ def require_admin(
     client = request.client.host if request.client else "unknown"
     wait_s = limiter.retry_after(client)
     if wait_s is not None:
+        ADMIN_AUTH_REFUSED.labels("limited").inc()
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"too many failed admin authentications from {client}; retry in {wait_s} s",
@@ -54,4 +56,5 @@ def require_admin(
     expected = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
         limiter.failed(client)
+        ADMIN_AUTH_REFUSED.labels("wrong_token").inc()
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token", headers={"Connection": "close"})
