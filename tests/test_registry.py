@@ -247,7 +247,7 @@ def test_concurrent_publishers_get_distinct_gap_free_versions(redis_dir, blobs, 
 
 def test_publish_waits_for_a_gc_fence_on_the_same_bytes(reg, client, base_a, blobs):
     data = lang_bytes(base_a)
-    fence, _ = reg._gc_keys(diff_id(data))
+    fence, _ = reg.keys.gc(diff_id(data))
     client.set(fence, "someone-else", px=10_000)
     done: list[Entry] = []
     t = threading.Thread(target=lambda: done.append(reg.publish(data)))
@@ -350,35 +350,42 @@ def test_retire_unknown_changes_nothing(reg, base_a, client, blobs):
 # -- change notification ----------------------------------------------------------------------
 
 
-def test_change_counter_and_events(reg, base_a, base_b):
+def next_event(pubsub, timeout: float = 5.0) -> dict | None:
+    """The next change event on a subscription, or None within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+        if msg is not None and msg["type"] == "message":
+            return json.loads(msg["data"])
+        if time.monotonic() >= deadline:
+            return None
+
+
+def test_change_counter_and_events(reg, base_a, base_b, client):
     fp_a, fp_b = base_a[1].fingerprint, base_b[1].fingerprint
     assert reg.change_counter() == 0 and reg.change_counter(fp_a) == 0
-    with reg.subscribe() as feed:
+    feed = client.pubsub()
+    feed.subscribe(reg.keys.channel)
+    assert feed.get_message(timeout=5)["type"] == "subscribe"  # live before anything is published
+    assert reg.keys.channel == "csft:events"  # the channel the README names
+    try:
         e = publish(reg, lang_bytes(base_a))
         assert reg.change_counter() == 1 and reg.change_counter(fp_a) == 1 and reg.change_counter(fp_b) == 0
-        msg = feed.get(timeout=5)
+        msg = next_event(feed)
         assert msg == {"event": "publish", "id": e.id, "base_fingerprint": fp_a, "kind": "language",
                        "key": "hau", "version": 1, "counter": 1}
 
         publish(reg, lang_bytes(base_b))
         assert reg.change_counter() == 2 and reg.change_counter(fp_b) == 1
-        assert feed.get(timeout=5)["counter"] == 2
+        assert next_event(feed)["counter"] == 2
 
         reg.retire(e.id)
         assert reg.change_counter() == 3 and reg.change_counter(fp_a) == 2
-        msg = feed.get(timeout=5)
+        msg = next_event(feed)
         assert (msg["event"], msg["id"], msg["version"], msg["counter"]) == ("retire", e.id, 1, 3)
-        assert feed.get(timeout=0.1) is None
-
-
-def test_listen_changes_generator(reg, base_a):
-    stop = threading.Event()
-    events = reg.listen_changes(stop, poll_s=0.05)  # subscribed on return
-    e = publish(reg, lang_bytes(base_a))
-    msg = next(events)
-    assert (msg["event"], msg["id"], msg["counter"]) == ("publish", e.id, 1)
-    stop.set()
-    assert list(events) == []  # ends once stopped
+        assert next_event(feed, timeout=0.1) is None
+    finally:
+        feed.close()
 
 
 # -- connection -------------------------------------------------------------------------------
