@@ -1,9 +1,7 @@
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A tiny BERT saved as a Hugging Face model directory (weights, config, tokenizer)."""
-    from service_fixtures import make_base_dir
+    from tests.support import make_base_dir
 
     return make_base_dir(tmp_path_factory.mktemp("base") / "tiny-bert")
 
@@ -20,7 +18,7 @@ def tiny_base_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_diffs(tiny_base_dir):
     """{(kind, key): bytes}: 5 language diffs with MLM heads and 4 task diffs (ner, pos, nli, qa)."""
-    from service_fixtures import make_diffs
+    from tests.support import make_diffs
 
     return make_diffs(tiny_base_dir)
 
@@ -32,7 +30,7 @@ def app_client(tiny_base_dir, tmp_path):
 
     from service.app import create_app
     from service.config import Settings
-    from service_fixtures import TOKEN
+    from tests.support import TOKEN
 
     settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", admin_token=TOKEN, device="cpu",
                         max_inputs=4, max_seq_len=16, max_input_chars=200)
@@ -43,7 +41,7 @@ def app_client(tiny_base_dir, tmp_path):
 @pytest.fixture()
 def loaded(app_client, tiny_diffs):
     """``app_client`` with every diff of ``tiny_diffs`` uploaded."""
-    from service_fixtures import post_diff
+    from tests.support import post_diff
 
     for data in tiny_diffs.values():
         assert post_diff(app_client, data).status_code == 201

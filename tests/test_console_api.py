@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 from service.console import STATIC
-from service_fixtures import post_diff
+from tests.support import post_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 MASAKHANER = ["hau", "ibo", "yor", "swa", "pcm", "amh", "kin", "lug", "luo", "wol"]
@@ -64,7 +64,7 @@ def test_info_says_what_is_loaded(loaded):
 def test_catalog_gives_latest_versions_and_heads(loaded, tiny_base_dir):
     from diffs_store.base import load_base_model
     from diffs_store.metadata import DiffKind
-    from factories import random_diff
+    from tests.support import random_diff
 
     model, spec = load_base_model(str(tiny_base_dir))
     no_head = random_diff(model, spec, DiffKind.LANGUAGE, language="wol", seed=5, density=0.1, with_head=False)

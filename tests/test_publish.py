@@ -12,8 +12,8 @@ from diffs_store.blobs import LocalBlobStore
 from diffs_store.publish import validate_and_publish
 from diffs_store.redis_connection import connect, shutdown_embedded
 from diffs_store.registry import Registry
-from factories import random_diff, tiny_base
-from test_format import PARAM, good_task, task_with
+from tests.support import random_diff, tiny_base
+from tests.test_format import PARAM, good_task, task_with
 
 I32 = torch.int32
 

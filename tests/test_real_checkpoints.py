@@ -30,8 +30,8 @@ from diffs_store.format import SparseDiff
 from diffs_store.merge import build_composed_model, merge_to_directory
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.reference_import import import_reference
-from factories import random_diff, state_sha
-from reference_sft import environment_for, hub_cache_entry, language_sft, save_checkpoint, task_sft
+from tests.support import random_diff, state_sha
+from tests.reference_sft import environment_for, hub_cache_entry, language_sft, save_checkpoint, task_sft
 from service.app import create_app
 from service.config import Settings
 from service.model_host import ModelHost

@@ -20,7 +20,7 @@ from diffs_store.redis_connection import (
     shutdown_embedded,
 )
 from diffs_store.registry import Entry, Registry
-from factories import random_diff, tiny_base
+from tests.support import random_diff, tiny_base
 
 LANG, TASK = DiffKind.LANGUAGE, DiffKind.TASK
 

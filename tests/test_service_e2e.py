@@ -16,7 +16,7 @@ from diffs_store.format import parse_diff
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import TaskType
 from service.tasks import ADAPTERS
-from service_fixtures import LANGUAGES, TASKS, WORDS, running_server, upload
+from tests.support import LANGUAGES, TASKS, WORDS, running_server, upload
 
 TOKEN = "e2e-token"
 

@@ -1,6 +1,6 @@
 """LT-SFT trainer: mask selection, phase-2 freezing, L1, diff extraction, jobs, CLI.
 
-Tiny BERT (tests/service_fixtures.make_base_dir), synthetic data, CPU, a few seconds each.
+Tiny BERT (tests/support.make_base_dir), synthetic data, CPU, a few seconds each.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from diffs_store.heads import head_tensors
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.validate import validate_diff_bytes
-from factories import random_diff
 from service.model_host import ModelHost
 from service.patcher import Patcher, PlanCache
-from service_fixtures import WORDS
+from tests.support import WORDS, make_base_dir, random_diff
 from trainer import lt_sft
 from trainer.data.classification import ClassificationExample
 from trainer.data.conll import TaggedSentence
@@ -60,23 +59,9 @@ def recipe(**kw) -> Recipe:
     return Recipe(**base)
 
 
-def make_trainer_base_dir(root: Path) -> Path:
-    """The tiny base with a tokenizer that knows its vocabulary. (make_base_dir passes
-    ``vocab_file=``, which transformers 5 ignores, leaving only the 5 special tokens; every
-    word would be [UNK] and the NER data meaningless.)"""
-    from transformers import BertTokenizerFast
-
-    from service_fixtures import make_base_dir
-
-    root = make_base_dir(root)
-    vocab = (root / "vocab.txt").read_text().split()
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    return root
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    return make_trainer_base_dir(tmp_path_factory.mktemp("trainer-base") / "tiny-bert")
+    return make_base_dir(tmp_path_factory.mktemp("trainer-base") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffs_store.format import parse_diff
-from test_trainer import base, base_dir, lines, recipe  # noqa: F401  (module fixtures)
+from tests.test_trainer import base, base_dir, lines, recipe  # noqa: F401  (module fixtures)
 from trainer.data.encode import encode_blocks, encode_lines, encode_mlm
 from trainer.jobs import head_warmup_length, train_language_diff
 from trainer.recipe import PhaseLength
@@ -104,7 +104,7 @@ def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
     from the checkpoint's own MLM head, bit for bit, and the default recipe skips warm-up."""
     from safetensors.torch import load_file
 
-    from reference_sft import save_checkpoint
+    from tests.reference_sft import save_checkpoint
     from trainer.jobs import Base
 
     ckpt = save_checkpoint(tmp_path / arch, arch, "mlm")
