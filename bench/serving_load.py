@@ -380,7 +380,7 @@ def main() -> None:
                              f"{median([r['patch_s_total'] / r['wall'] for r in rs]):.0%}"])
         print(table(["concurrency", "traffic", "req/s", "x pinned", "p50 ms", "p99 ms", "p99 x pinned", "switches",
                      "of which union", "mean batch", "apply ms per switch", "share of wall in patching"], rows))
-        print("\n### Targets (mixed traffic vs pinned on the same server; issue 11): throughput >= 0.90x, p99 <= 2x\n")
+        print("\n### Targets (mixed traffic vs pinned on the same server): throughput >= 0.90x, p99 <= 2x\n")
         for c in args.concurrency:
             if (c, "pinned") not in results:
                 continue

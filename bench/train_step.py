@@ -238,7 +238,7 @@ def run_child(args: argparse.Namespace, variant: str, impl: str, env: dict[str, 
 
 
 def summarise(args: argparse.Namespace, runs: dict[tuple, list[dict]]) -> None:
-    """Markdown tables: per configuration, then the ratios the issues ask for."""
+    """Markdown tables: per configuration, then the ratios to full fine-tuning and to the baseline."""
     def med(key, series, part):
         return median([x for res in runs[key] for x in res[series][part]])
 

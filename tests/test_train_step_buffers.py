@@ -1,5 +1,5 @@
 """The phase-1/phase-2 step with reused buffers leaves bit-identical parameters to the
-straightforward formulation (issue 14, part B): masks by ``torch.where``, L1 by
+straightforward formulation: masks by ``torch.where``, L1 by
 ``sign(theta - theta_ref) * alpha``, frozen entries copied back by ``torch.where``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Language-diff training data and head warm-up (issue 13): packed MLM blocks as the
+"""Language-diff training data and head warm-up: packed MLM blocks as the
 reference's run_mlm makes them, line mode, and the warm-up of a fresh MLM head that keeps
 phase 1's selection about the language.
 
