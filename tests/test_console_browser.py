@@ -19,6 +19,8 @@ from diffs_store.metadata import DiffKind
 from tests.console_browser import open_console, wait
 from tests.support import make_base_dir, make_diffs, random_diff, running_server, upload
 
+pytestmark = pytest.mark.browser
+
 if console_browser.missing():
     pytest.skip(console_browser.missing(), allow_module_level=True)
 

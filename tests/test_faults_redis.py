@@ -24,6 +24,8 @@ from tests.live_server import (
 )
 from tests.support import TOKEN, upload_all
 
+pytestmark = pytest.mark.faults
+
 FAULT_S = 2.0  # how long each fault lasts under traffic
 
 

@@ -24,6 +24,8 @@ from tests.live_server import RESOLVED, LiveServer, Probe, disk_bytes, p90
 from tests.support import AUTH, TOKEN, upload_all
 from service.config import Settings
 
+pytestmark = pytest.mark.faults
+
 GiB = 1024**3
 
 

@@ -15,6 +15,8 @@ from service.app import create_app
 from service.config import Settings
 from tests.support import free_port
 
+pytestmark = pytest.mark.faults
+
 TOKEN = "t"
 
 

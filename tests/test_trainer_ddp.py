@@ -19,8 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
+
+pytestmark = pytest.mark.ddp
 
 RANKS = 2
 JOBS = ("language", "task")
