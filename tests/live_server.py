@@ -20,7 +20,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
-from tests.support import AUTH, free_port
+from tests.support import free_port
 
 RESOLVED = {"language": "hau", "task": "ner", "inputs": ["john went to lagos"]}
 UNCACHED = {"language": "swa", "task": "pos", "inputs": ["mary"]}

@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from diffs_store.blobs import LocalBlobStore
 from diffs_store.redis_connection import connect, shutdown_embedded
 from diffs_store.registry import Registry
 from service.registry_watch import RegistryWatch
 from tests.support import free_port, random_diff, tiny_base
-
-
-@pytest.fixture
-def redis_dir(tmp_path):
-    d = tmp_path / "redis"
-    yield d
-    shutdown_embedded(d)
-
-
-@pytest.fixture
-def registry(redis_dir, tmp_path):
-    client = connect(None, redis_dir, timeout_s=0.5)
-    yield Registry(client, LocalBlobStore(tmp_path / "blobs"))
-    client.close()
 
 
 def unreachable_registry(tmp_path) -> Registry:
