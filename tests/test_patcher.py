@@ -33,6 +33,7 @@ class DeferredBuilds:
             self.pending.pop(self.rng.randrange(len(self.pending)))()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("pristine_copy", [False, True], ids=["sparse-restore", "dense-restore"])
 @pytest.mark.parametrize("tier", ["layers", "hot"])

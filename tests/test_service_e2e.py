@@ -18,6 +18,8 @@ from diffs_store.metadata import TaskType
 from service.tasks import ADAPTERS
 from tests.support import LANGUAGES, TASKS, WORDS, running_server, upload
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "e2e-token"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
@@ -81,6 +82,7 @@ def run(model, steps: list[dict], masks, optimised: bool) -> list[float]:
     return distances
 
 
+@pytest.mark.slow
 def test_buffered_step_is_bit_identical_to_the_plain_formulation():
     model = tiny_mlm()
     steps = batches(4)

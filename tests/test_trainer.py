@@ -214,6 +214,7 @@ def test_without_reimposing_weight_decay_moves_frozen_entries(base, tmp_path, mo
     assert moved > 0
 
 
+@pytest.mark.slow
 def test_task_diff_is_relative_to_base_plus_source_language_diff(base, lang_diff, tmp_path):
     lang_res, lang_bytes = lang_diff
     lang = parse_diff(lang_bytes)
@@ -248,6 +249,7 @@ def test_task_diff_is_relative_to_base_plus_source_language_diff(base, lang_diff
     assert (alone - trained).abs().max() > 1e-4  # the language diff matters
 
 
+@pytest.mark.slow
 def test_l1_lowers_total_delta(base, tmp_path):
     def total(l1: float) -> float:
         res = train_task_diff(
@@ -259,6 +261,7 @@ def test_l1_lowers_total_delta(base, tmp_path):
     assert total(2000.0) < 0.9 * total(0.0)
 
 
+@pytest.mark.slow
 def test_multisource_leaves_no_language_diff_applied(base, tmp_path, monkeypatch):
     from trainer import multisource
 
@@ -297,6 +300,7 @@ def test_multisource_leaves_no_language_diff_applied(base, tmp_path, monkeypatch
     assert meta.language is None and meta.recipe["multi_source"] and meta.recipe["relative_to"] == "theta0"
 
 
+@pytest.mark.slow
 def test_sequence_classification_task_diff(base, tmp_path):
     from trainer.evaluate import evaluate_model
 
@@ -315,6 +319,7 @@ def test_sequence_classification_task_diff(base, tmp_path):
     assert evaluate_model(composed, base.tokenizer, TaskType.SEQUENCE_CLASSIFICATION, examples[:16]) == res.metrics["dev"]["en"]
 
 
+@pytest.mark.slow
 def test_resume_after_phase_one_reuses_the_saved_mask(base, tmp_path):
     r = recipe()
     first = train_task_diff(base, "ner", TaskType.TOKEN_CLASSIFICATION, [Source("en", sentences(32))], recipe=r, out_dir=tmp_path)
@@ -325,6 +330,7 @@ def test_resume_after_phase_one_reuses_the_saved_mask(base, tmp_path):
     assert again.diff.meta.metrics["train"]["full"] == first.diff.meta.metrics["train"]["full"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_phase_two_checkpoint_matches_an_uninterrupted_run(base, tmp_path, monkeypatch):
     from transformers import TrainerCallback
 
@@ -359,6 +365,7 @@ def test_resume_from_a_phase_two_checkpoint_matches_an_uninterrupted_run(base, t
         torch.testing.assert_close(t, resumed.diff.dense[name], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_question_answering_task_diff(base, tmp_path):
     from trainer.data.squad import QAExample
     from trainer.evaluate import evaluate_model
@@ -419,6 +426,7 @@ def test_qa_features_point_at_the_answer(base):
 # -- CLI ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_train_eval_and_push(base_dir, tmp_path, monkeypatch):
     from diffs_store.base import quiet_transformers
     from trainer import cli

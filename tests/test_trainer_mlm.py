@@ -45,6 +45,7 @@ def test_default_warmup_follows_phase_one_for_a_fresh_head_only():
     assert head_warmup_length(explicit, fresh_head=True) == head_warmup_length(explicit, fresh_head=False)
 
 
+@pytest.mark.slow
 def test_head_warmup_trains_the_head_alone_and_changes_the_selection(base, tmp_path):
     """Without warm-up, phase 1 starts from a random head and the top-K reflects fitting
     it; after warm-up (the encoder untouched), the selection differs."""
@@ -120,6 +121,7 @@ def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
     assert res.diff.meta.recipe["mlm_head"] == "pretrained" and res.diff.meta.recipe["head_warmup_steps"] == 0
 
 
+@pytest.mark.slow
 def test_lean_phase_two_equals_the_dense_reference_bit_for_bit(base, tmp_path, monkeypatch):
     """Without weight decay, phase 2 keeps theta_ref only at the K selected entries, adds
     the L1 term there only and copies nothing back. Same weights, same diff, as keeping
