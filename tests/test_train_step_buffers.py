@@ -8,8 +8,9 @@ import copy
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
+from tests.support import tiny_bert_config
 from trainer import lt_sft
 from trainer.models import mlm_loss, untie_and_freeze_decoder
 
@@ -18,9 +19,7 @@ L1 = 0.1
 
 def tiny_mlm() -> BertForMaskedLM:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32)
-    model = BertForMaskedLM(cfg).train()
+    model = BertForMaskedLM(tiny_bert_config(vocab_size=500)).train()
     untie_and_freeze_decoder(model)
     lt_sft.freeze_layer_norms(model)
     return model
