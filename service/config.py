@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         None, ge=1, description="torch intra-op threads; unset keeps torch's default (all cores). Set 1 on shared CPU hosts."
     )
     max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Most tokens (padded) of one request in one batch: a long request queues its batches "
+        "one after the other, so this bounds how long another request waits for its turn.",
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more inputs of its pair.")
     switch_after_ms: float = Field(50.0, ge=0, description="Stay on the applied pair unless another request waited longer.")
     pristine_copy: bool = Field(

@@ -4,7 +4,7 @@ Redis hash (``ns:entry:<id>``), and how Redis replies are decoded."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -31,6 +31,16 @@ class Entry:
     size: int
     created_at: str
     published_at: str
+    # The producer's recorded figures (training, and dev scores under "dev"), as the diff's
+    # header carries them: what a person picking a diff compares.
+    metrics: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def dev_metrics(self) -> dict[str, Any]:
+        """The recorded dev scores (``metrics["dev"]``): per source language for a task diff,
+        masked-LM loss and perplexity for a language diff; {} when none were recorded."""
+        dev = self.metrics.get("dev")
+        return dict(dev) if isinstance(dev, Mapping) else {}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: enums as their values, labels as a list."""
@@ -49,6 +59,7 @@ class Entry:
             "size": self.size,
             "created_at": self.created_at,
             "published_at": self.published_at,
+            "metrics": dict(self.metrics),
         }
 
     @classmethod
@@ -69,13 +80,14 @@ class Entry:
             size=int(h["size"]),
             created_at=h["created_at"],
             published_at=h["published_at"],
+            metrics=json.loads(h.get("metrics") or "{}"),  # absent in entries published before it was kept
         )
 
 
 def entry_fields(diff_id: str, meta: DiffMetadata, size: int) -> dict[str, str]:
     """The hash fields of a new entry, all but ``version`` (the publish script allocates it)
     and ``published_at`` (stamped when the script runs: see :func:`now`). Redis stores
-    strings, so absent values are empty strings and labels are JSON."""
+    strings, so absent values are empty strings and labels and metrics are JSON."""
     return {
         "id": diff_id,
         "kind": meta.kind.value,
@@ -84,6 +96,7 @@ def entry_fields(diff_id: str, meta: DiffMetadata, size: int) -> dict[str, str]:
         "task": meta.task or "",
         "task_type": meta.task_type.value if meta.task_type else "",
         "labels": json.dumps(list(meta.labels)),
+        "metrics": json.dumps(meta.metrics),
         "size": str(size),
         "nnz": str(meta.nnz),
         "base_model": meta.base_model,

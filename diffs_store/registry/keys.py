@@ -3,7 +3,7 @@
 Layout (``ns`` = namespace, default ``csft``; ``fp`` = base fingerprint ``sha256:...``;
 ``kind`` = ``language``/``task``; ``key`` = the language or task name)::
 
-    ns:entry:<id>                        hash   one live diff (fields: see Entry, + labels JSON, status)
+    ns:entry:<id>                        hash   one live diff (fields: see Entry, + labels and metrics JSON, status)
     ns:base:<fp>:seq:<kind>:<key>        string last version handed out (INCR; never reset, so a
                                                 (key, version) pair always names the same bytes)
     ns:base:<fp>:versions:<kind>:<key>   zset   live ids scored by version

@@ -266,8 +266,10 @@ class Registry:
 
     @_redis_errors
     def tasks(self, base_fp: str) -> list[dict[str, Any]]:
-        """One dict per task with a live version: task, task_type, labels and latest_version
-        (and its id), all from the latest version, which is what a request would get."""
+        """One dict per task with a live version: task, task_type, labels, latest_version (and
+        its id), source_language (the language it was trained on, None for several or
+        unknown) and dev_metrics (its recorded dev scores), all from the latest version,
+        which is what a request would get."""
         out = []
         for task in self._members(base_fp, DiffKind.TASK):
             try:
@@ -281,6 +283,8 @@ class Registry:
                     "labels": list(e.labels),
                     "latest_version": e.version,
                     "id": e.id,
+                    "source_language": e.language,
+                    "dev_metrics": e.dev_metrics,
                 }
             )
         return out
