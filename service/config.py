@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(
         120.0, gt=0, description="An upload whose body has not fully arrived in this time is refused (408)."
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must send a complete request head this long after it opens or after its "
+        "previous response, else it is closed (408 when part of a head came): idle and slow-header clients.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive in full this long after its head, else 408 and the "
+        "connection is closed (uploads get CSFT_UPLOAD_TIMEOUT_S): bodies trickled a byte at a time.",
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this.")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request head (request line and headers); 431 above.")
+    max_connections: int = Field(
+        2048, ge=16, description="Open client connections at most; at the cap a new one evicts the oldest connection "
+        "that is idle or still sending its head (else its body). Lowered to fit the open-file limit, which is raised to its hard limit.",
+    )
+    auth_failures_per_window: int = Field(
+        10, ge=1, description="Failed admin authentications one client may make per window before getting 429."
+    )
+    auth_failure_window_s: float = Field(60.0, gt=0, description="The window of CSFT_AUTH_FAILURES_PER_WINDOW.")
     rebuild_on_start: bool = Field(
         True, description="At start, rebuild the registry from the blob store when Redis holds no diffs but blobs exist."
     )

@@ -229,16 +229,38 @@ def serve_command(port: int) -> list[str]:
 def running_server(base_dir: Path, data_dir: Path, token: str, **settings: str):
     """A real `csft serve` on a free loopback port, ready when yielded (its URL); ``settings``
     are CSFT_* variables without the prefix (e.g. MAX_BATCH_SIZE="16")."""
+    with server_process(base_dir, data_dir, token, **settings) as (_, url):
+        yield url
+
+
+@contextmanager
+def server_process(base_dir: Path, data_dir: Path, token: str, *args: str, log: Path | None = None,
+                   ready_s: float = 90, own_group: bool = False, **settings: str):
+    """As :func:`running_server`, yielding ``(process, url)``; ``args`` are extra `csft serve`
+    options (e.g. "--replicas", "2"); ``log`` takes the server's output (default: a pipe,
+    read only when it fails to start, so keep the default to servers that log little);
+    ``own_group`` starts it in a process group of its own, as a shell runs a foreground job
+    (so the test can send Ctrl-C's SIGINT to the whole group)."""
     port = free_port()
-    proc = subprocess.Popen(serve_command(port), env=server_env(base_dir, data_dir, token, **settings),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = open(log, "wb") if log is not None else subprocess.PIPE
+    proc = subprocess.Popen([*serve_command(port), *args], env=server_env(base_dir, data_dir, token, **settings),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group)
+
+    def exited() -> str | None:
+        if proc.poll() is None:
+            return None
+        return log.read_text()[-2000:] if log is not None else proc.stdout.read().decode()[-2000:]
+
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, 90, exited=lambda: None if proc.poll() is None else proc.stdout.read().decode()[-2000:])
-        yield url
+        wait_ready(url, ready_s, exited=exited)
+        yield proc, url
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
-            proc.wait(20)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log is not None:
+            out.close()
