@@ -13,11 +13,11 @@ Policies:
   switch_after``);
 * ``largest``: the longest queue, bounded by ``--max-wait``.
 
-The defaults are the MiniLM figures measured with ``bench/serving_load.py --client wrk
---threads 1`` (session 4): forward ``12 + 4.5 ms`` per input (18.7 ms at 1.35 inputs, 37 ms at
-5.6, 165 ms at 31.6), switch 25 ms. With them the model gives 0.47x pinned at c = 64, and
-the measurement gave 0.49x. It then answers what the measurement cannot: what a cheaper
-switch, another policy or deeper load would give.
+The defaults are the MiniLM costs measured with ``bench/serving_load.py --client wrk
+--threads 1`` (a fixed and a per-input forward cost, and a switch cost, fitted to that run's
+``csft_forward_seconds`` and switch metrics); docs/BENCHMARKS.md, "Serving under mixed
+traffic", compares the model's prediction with the measurement. It then answers what the
+measurement cannot: what a cheaper switch, another policy or deeper load would give.
 
 Usage: python bench/closed_loop_model.py [--switch 25 10 5 0] [--concurrency 64 256 1024]
 """

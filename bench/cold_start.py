@@ -27,7 +27,6 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 from common import NER_LABELS, machine_info, median, sample_sparse, table  # noqa: E402
 
 from fastapi.testclient import TestClient  # noqa: E402

@@ -27,7 +27,6 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 from common import machine_info, q, table  # noqa: E402
 from serving_load import BASE, SENTENCES, Server, make_diffs  # noqa: E402
 

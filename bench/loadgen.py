@@ -2,19 +2,11 @@
 cycles through a request plan, and an aiohttp client for when each answer's headers matter
 (which replica served it).
 
-Why not httpx: on this 2-core machine its per-request cost grows with its connection count
-until the client, not the server, sets the pace. Measured against one pinned MiniLM pair
-(session 4; `csft serve`, 1 torch thread, two rounds):
-
-| client | c = 8 req/s | c = 64 req/s | c = 64 p99 | c = 64 mean batch |
-|---|---|---|---|---|
-| httpx | 86-104 | 70-73 | 3.6-4.1 s | 2.4 |
-| aiohttp | 87-118 | 172-194 | 0.54 s | 31.2 |
-| wrk | 118-126 | 137-180 | 0.54-0.70 s | 31.5 |
-
-With httpx at c = 64 the server held each request ~145 ms while the client saw 1.2 s, so
-httpx figures above ~16 clients measure the client. aiohttp (a dependency of Ray Serve,
-listed in the ``bench`` extra) keeps up with wrk and sees each answer's headers.
+Why not httpx: on a 2-core machine its per-request cost grows with its connection count
+until the client, not the server, sets the pace (the server holds a request a fraction of
+the time the client sees), so httpx figures above a few dozen clients measure the client.
+aiohttp (a dependency of Ray Serve, listed in the ``bench`` extra) keeps up with wrk and
+sees each answer's headers. Figures: docs/BENCHMARKS.md, "Serving under mixed traffic".
 """
 
 from __future__ import annotations

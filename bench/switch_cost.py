@@ -33,8 +33,8 @@ for any switch is the same two dense passes.
 Bit-exactness: ours is compared with the pristine weights after every round on the big model;
 ref/dense drift is reported after their cycles there. The 1,000-cycle check in fp32, fp16 and
 bf16 runs on a ~0.7M-parameter BERT at the same densities (1,000 mBERT cycles x 3 methods x 3
-dtypes would take well over half an hour here: the reference's fp16/bf16 path, a dense
-half-precision tensor += a float32 COO tensor, runs at ~100+ ns per entry).
+dtypes would take well over half an hour on a 2-core CPU: the reference's fp16/bf16 path, a
+dense half-precision tensor += a float32 COO tensor, is slow per entry).
 
 Usage: python bench/switch_cost.py [--rounds 15] [--inner 1] [--cycles 1000] [--quick]
 """

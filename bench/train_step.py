@@ -1,5 +1,5 @@
 """Training step time, page faults and peak memory: LT-SFT phases versus full fine-tuning,
-and our per-step code before/after buffer reuse (issue 14), side by side.
+and this tree's per-step code against an earlier version of it, side by side.
 
 Two models (``--model``), random weights, fp32, LayerNorm frozen as every recipe does:
 
@@ -16,10 +16,12 @@ as here, this tree's phase 2 keeps theta_ref only at the selected entries
 (``SelectedReference``), adds L1 there only and copies nothing back, as the trainer does;
 an implementation without it (``--impls baseline`` at an older ``--baseline-rev``) keeps
 the dense theta_ref and re-imposes it. Implementations
-(``--impls``): ``new`` is this tree's trainer/lt_sft.py with a reused ``Scratch``;
-``baseline`` is trainer/lt_sft.py as of ``--baseline-rev`` (default ``main``), loaded from
-git, i.e. the code before buffer reuse. Both must end with bit-identical parameters (checked:
-a hash of every parameter). ``--env LABEL:VAR=V,VAR=V`` (repeatable) runs every variant
+(``--impls``): ``new`` is this tree's trainer/lt_sft.py (with a reused ``Scratch``);
+``baseline`` is trainer/lt_sft.py as of ``--baseline-rev``, loaded from git. By default that
+is the version before this tree's: ``HEAD`` when trainer/lt_sft.py has uncommitted changes,
+else the parent of the last commit that changed it, so the comparison is never a file
+against itself (the resolved commit is printed). Both must end with bit-identical
+parameters (checked: a hash of every parameter). ``--env LABEL:VAR=V,VAR=V`` (repeatable) runs every variant
 again under those environment variables (e.g. glibc malloc or torch allocator settings).
 
 Each configuration runs in its own process (so peak RSS and faults are its own); every
@@ -69,6 +71,24 @@ def load_lt_sft(impl: str, rev: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     exec(compile(source, f"{rev}:trainer/lt_sft.py", "exec"), module.__dict__)
     return module
+
+
+def default_baseline_rev() -> str:
+    """The trainer/lt_sft.py before this tree's: HEAD's when the file has uncommitted
+    changes, else the one before the last commit that changed it."""
+    path = "trainer/lt_sft.py"
+    changed = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", path]).returncode != 0
+    if changed:
+        return "HEAD"
+    last = subprocess.run(["git", "-C", str(ROOT), "log", "-n", "1", "--format=%H", "--", path],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    return f"{last}^"
+
+
+def resolve_rev(rev: str) -> str:
+    """``rev`` as a commit hash (so every child process loads the same file)."""
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def build(model_name: str, batch: int, seq: int):
@@ -218,7 +238,7 @@ def run_child(args: argparse.Namespace, variant: str, impl: str, env: dict[str, 
 
 
 def summarise(args: argparse.Namespace, runs: dict[tuple, list[dict]]) -> None:
-    """Markdown tables: per configuration, then the ratios the issues ask for."""
+    """Markdown tables: per configuration, then the ratios to full fine-tuning and to the baseline."""
     def med(key, series, part):
         return median([x for res in runs[key] for x in res[series][part]])
 
@@ -282,7 +302,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="rounds; each runs every configuration once")
     ap.add_argument("--k", type=int, default=None, help="default: 24 x 768^2 (mbert-ner), 13 x 256^2 (xlmr-mlm)")
     ap.add_argument("--impls", default="baseline,new", help="comma-separated: baseline (lt_sft at --baseline-rev), new")
-    ap.add_argument("--baseline-rev", default="main")
+    ap.add_argument("--baseline-rev", default=None,
+                    help="git revision of the baseline lt_sft.py (default: the version before this tree's)")
     ap.add_argument("--env", action="append", help="LABEL:VAR=V,VAR=V - run every variant under these too (repeatable)")
     ap.add_argument("--child", choices=["full", "phase1", "phase2"])
     ap.add_argument("--impl", default="new")
@@ -292,6 +313,8 @@ def main() -> None:
     args.k = args.k or (K_TASK if args.model == "mbert-ner" else K_LANG_NARROW)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.child:  # children get the resolved commit
+        args.baseline_rev = resolve_rev(args.baseline_rev or default_baseline_rev())
     if args.child:
         res = child(args.model, args.child, args.impl, args.batch, args.seq, args.steps, args.k, args.baseline_rev,
                     args.device)
@@ -299,6 +322,7 @@ def main() -> None:
         return
 
     print(machine_info(), flush=True)
+    print(f"baseline: trainer/lt_sft.py at {args.baseline_rev}", flush=True)
     configs = configurations(args)
     print(f"{args.model}: batch {args.batch} x seq {args.seq}; {args.steps} timed steps per process; "
           f"{args.repeats} rounds of {len(configs)} processes; K {args.k:,}", flush=True)

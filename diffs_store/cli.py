@@ -1,8 +1,8 @@
 """``csft diff ...`` and ``csft merge``: the diff store's command line.
 
-Every failure prints one line on stderr and exits non-zero (1 for a refused diff, 2 for bad
-usage or unreadable input, 3 when the service or Redis cannot be reached), so scripts can
-branch on it.
+Every failure prints one line on stderr and exits non-zero with one of the ``EXIT_*`` codes
+below (a refused diff, bad usage or unreadable input, the service or Redis unreachable), so
+scripts can branch on it; the other command lines exit with the same codes.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from diffs_store import errors
 
 diff_app = typer.Typer(help="Inspect, validate and import sparse diff files.", no_args_is_help=True)
 
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_REFUSED = 1  # the input was read and refused (an invalid diff, a refused push)
+EXIT_USAGE = 2  # bad usage or unreadable input
+EXIT_UNREACHABLE = 3  # the service or Redis cannot be reached
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
+    """One line on stderr, then exit with ``code``."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -30,7 +33,7 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}", 2)
+        fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
 
 
 def _load_base(name: str):
@@ -66,15 +69,18 @@ def inspect_cmd(file: Path) -> None:
 def validate_cmd(
     file: Path,
     base: str = typer.Option(..., "--base", help="Base model: Hugging Face name or local directory."),
-    max_bytes: int = typer.Option(2 * 1024**3, help="Refuse files above this size."),
+    max_bytes: Optional[int] = typer.Option(
+        None, help="Refuse files above this size (default: the format's cap, format.DEFAULT_MAX_FILE_BYTES)."
+    ),
 ) -> None:
     """Exit 0 when FILE is a valid diff for BASE; otherwise one line naming the problem."""
+    from diffs_store.format import DEFAULT_MAX_FILE_BYTES
     from diffs_store.validate import validate_diff_bytes
 
     data = _read(file)
     _, spec = _load_base(base)
     try:
-        diff = validate_diff_bytes(data, spec, max_bytes=max_bytes)
+        diff = validate_diff_bytes(data, spec, max_bytes=DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes)
     except errors.DiffError as exc:
         fail(str(exc))
     typer.echo(f"ok: {diff.meta.kind.value} diff {diff.meta.key!r}, {diff.nnz} entries, valid for {base}")
@@ -102,11 +108,11 @@ def import_cmd(
         kind_v = DiffKind(kind)
         task_type_v = TaskType(task_type) if task_type else None
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), EXIT_USAGE)
     try:
         src_path = fetch_reference(src)
     except FileNotFoundError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), EXIT_USAGE)
     data = _read(src_path)
     _, spec = _load_base(base)
     try:
@@ -129,7 +135,7 @@ def push_diff(path: Path, url: str, token: Optional[str]) -> dict:
     import httpx
 
     if not token:
-        fail("pushing needs --token (or CSFT_ADMIN_TOKEN)", 2)
+        fail("pushing needs --token (or CSFT_ADMIN_TOKEN)", EXIT_USAGE)
     data = _read(path)
     try:
         resp = httpx.post(
@@ -173,15 +179,15 @@ def merge_cmd(
 
     paths = [p for p in (language_diff, task_diff) if p is not None]
     if not paths:
-        fail("give --language-diff and/or --task-diff", 2)
+        fail("give --language-diff and/or --task-diff", EXIT_USAGE)
     try:
         diffs = [parse_diff(_read(p)) for p in paths]
         for p, d, want in zip(paths, diffs, ["language", "task"] if language_diff else ["task"]):
             if d.meta.kind.value != want:
-                fail(f"{p} is a {d.meta.kind.value} diff, given as --{want}-diff", 2)
+                fail(f"{p} is a {d.meta.kind.value} diff, given as --{want}-diff", EXIT_USAGE)
         model = merge_to_directory(base, diffs, out)
     except errors.DiffError as exc:
         fail(str(exc))
     except (OSError, ValueError) as exc:
-        fail(str(exc).splitlines()[0], 2)
+        fail(str(exc).splitlines()[0], EXIT_USAGE)
     typer.echo(f"wrote {type(model).__name__} to {out}")

@@ -213,14 +213,15 @@ def build_patch_plan(params: Params, diffs: Sequence[SparseDiff]) -> PatchPlan:
     return PatchPlan(layers, overlap)
 
 
-# Cost of copying one element of a whole tensor relative to writing one indexed entry
-# (copy_ ~0.7 ns/element vs index_copy_ ~9 ns/entry at 12% density on a 2-core CPU; see
-# docs/BENCHMARKS.md). With a pristine copy, a tensor is restored whole when that plus
-# writing the whole target is cheaper than undoing and redoing entry by entry.
+# Cost of copying one element of a whole tensor relative to writing one indexed entry: the
+# measured ratio of a dense copy_ per element to index_copy_ per entry at the paper's
+# densities (docs/BENCHMARKS.md, "Switch cost"). With a pristine copy, a tensor is restored
+# whole when that plus writing the whole target is cheaper than undoing and redoing entry
+# by entry.
 DENSE_COPY_COST = 0.08
-# The same when what is restored is a union layer: its one dense index stream writes
-# ~4.8 ns/entry at 12% density (docs/BENCHMARKS.md section 1, "alt union"), so copying a
-# tensor whole pays off only above ~15% density.
+# The same when what is restored is a union layer: its one dense index stream writes an
+# entry about twice as fast as the layers' separate streams (same section), so copying a
+# tensor whole pays off only at about twice the density.
 UNION_DENSE_COPY_COST = 0.15
 
 

@@ -18,7 +18,6 @@ can be checked without a base model; :mod:`diffs_store.validate` checks the rest
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from diffs_store import errors
 from diffs_store.json_limits import MAX_DEPTH, nesting_depth
+from diffs_store.blobs import blob_id
 from diffs_store.metadata import DiffMetadata
 
 INDEX_PREFIX = "indices/"
@@ -102,7 +102,8 @@ def _canonical_header(data: bytes) -> bytes:
 
 
 def diff_id(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """A diff's id: the id of its file's blob (content addressing is the blob store's rule)."""
+    return blob_id(data)
 
 
 def _read_header(data: bytes, max_bytes: int) -> dict:

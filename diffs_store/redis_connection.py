@@ -43,8 +43,9 @@ RDB_NAME = "registry.rdb"
 AOF_NAME = "registry.aof"
 
 # Fail fast when the server is down, unroutable or frozen: every call is bounded by this
-# (the service passes CSFT_REDIS_TIMEOUT_S), never by the kernel's TCP timeout.
-DEFAULT_TIMEOUT_S = 2.0
+# (the service passes CSFT_REDIS_TIMEOUT_S, whose default this is), never by the kernel's
+# TCP timeout.
+DEFAULT_TIMEOUT_S = 1.0
 # One quick retry covers a pooled connection the server has closed (restart, idle timeout)
 # without turning an outage into a long stall.
 _RETRY = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)

@@ -1,12 +1,20 @@
-"""Waiting for a server to answer ``/readyz``: the Ray launcher, the tests and the benchmarks
-start servers and wait for them the same way."""
+"""Starting a server on a free port and waiting for it to answer ``/readyz``: the Ray
+launcher, the tests and the benchmarks start servers and wait for them the same way."""
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any, Callable
 
 import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it), for a server about to start."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def wait_ready(url: str, timeout_s: float, *, exited: Callable[[], str | None] | None = None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import threading
@@ -21,17 +20,10 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
+from tests.support import free_port
 
-TOKEN = "fault-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RESOLVED = {"language": "hau", "task": "ner", "inputs": ["john went to lagos"]}
 UNCACHED = {"language": "swa", "task": "pos", "inputs": ["mary"]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:
@@ -60,13 +52,6 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
-
-
-def upload_all(url: str, diffs: dict) -> None:
-    with httpx.Client(base_url=url, timeout=30) as c:
-        for data in diffs.values():
-            r = c.post("/v1/admin/diffs", files={"file": ("d.safetensors", data)}, headers=AUTH)
-            assert r.status_code == 201, r.text
 
 
 @dataclass

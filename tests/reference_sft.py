@@ -33,7 +33,7 @@ from transformers import (
     XLMRobertaTokenizerFast,
 )
 
-from factories import tiny_bert_config, tiny_xlmr_config
+from tests.support import tiny_bert_config, tiny_xlmr_config
 
 WORDS = (
     "the a of and in to is was for on with as by at from his her it that this john mary paris "

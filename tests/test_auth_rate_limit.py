@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from service.api.auth_limit import MAX_CLIENTS, FailedAuthLimiter
 from service.app import create_app
 from service.config import Settings
-from service_fixtures import AUTH, TOKEN
+from tests.support import AUTH, TOKEN
 
 WRONG = {"Authorization": "Bearer guess"}
 

@@ -13,7 +13,7 @@ from diffs_store.base import load_base_model
 from diffs_store.format import parse_diff
 from diffs_store.merge import build_composed_model
 from diffs_store.reference_import import export_reference
-from factories import random_diff, tiny_base
+from tests.support import random_diff, tiny_base
 from service.cli import app
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ from diffs_store.base import base_params
 from diffs_store.compose import apply_plan, build_patch_plan, composed_state_dict, restore_plan
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import DiffKind, TaskType
-from factories import random_diff, tiny_base, state_sha
+from tests.support import random_diff, tiny_base, state_sha
 
 
 

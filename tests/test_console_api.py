@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 from service.console import STATIC
-from service_fixtures import AUTH, post_diff
+from tests.support import AUTH, post_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 MASAKHANER = ["hau", "ibo", "yor", "swa", "pcm", "amh", "kin", "lug", "luo", "wol"]
@@ -65,7 +65,7 @@ def test_info_says_what_is_loaded(loaded):
 def test_catalog_gives_latest_versions_and_heads(loaded, tiny_base_dir):
     from diffs_store.base import load_base_model
     from diffs_store.metadata import DiffKind
-    from factories import random_diff
+    from tests.support import random_diff
 
     model, spec = load_base_model(str(tiny_base_dir))
     no_head = random_diff(model, spec, DiffKind.LANGUAGE, language="wol", seed=5, density=0.1, with_head=False)
@@ -84,7 +84,7 @@ def test_catalog_and_tasks_carry_source_language_and_dev_scores(app_client, tiny
     recorded dev scores (the `dev` part of its metadata `metrics`); the admin list keeps all."""
     from diffs_store.base import load_base_model
     from diffs_store.metadata import DiffKind, TaskType
-    from factories import random_diff
+    from tests.support import random_diff
 
     model, spec = load_base_model(str(tiny_base_dir))
     ner_metrics = {"train": {"steps": 10}, "dev": {"hau": {"f1": 0.81, "accuracy": 0.96}}}

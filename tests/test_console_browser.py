@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-import console_browser
+from tests import console_browser
 from diffs_store.base import load_base_model
 from diffs_store.metadata import DiffKind
-from factories import random_diff
-from console_browser import open_console, wait
-from service_fixtures import LANGUAGES, TASKS, make_base_dir, make_diffs, running_server, upload
+from tests.console_browser import open_console, wait
+from tests.support import LANGUAGES, TASKS, make_base_dir, make_diffs, random_diff, running_server, upload
+
+pytestmark = pytest.mark.browser
 
 if console_browser.missing():
     pytest.skip(console_browser.missing(), allow_module_level=True)

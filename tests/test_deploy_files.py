@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
+
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -576,10 +577,7 @@ def test_healthcheck_one_liner_behaves(dockerfiles, name):
             server.server_close()
         assert (rc == 0) is healthy, f"/readyz {status} gave exit code {rc}"
 
-    with socket.socket() as s:  # nothing listening -> unhealthy
-        s.bind(("127.0.0.1", 0))
-        free_port = s.getsockname()[1]
-    assert run(free_port) != 0
+    assert run(free_port()) != 0  # nothing listening -> unhealthy
 
 
 @pytest.mark.parametrize("name", sorted(CSFT_SERVICES))

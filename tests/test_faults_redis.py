@@ -18,16 +18,19 @@ import time
 import pytest
 
 from diffs_store.redis_connection import embedded_pid, shutdown_embedded
-from live_server import (
-    RESOLVED, UNCACHED, ExternalRedis, LiveServer, Probe, p90, status, system_redis_server, upload_all, wait_for,
-)
 from service.config import Settings
+from tests.live_server import (
+    RESOLVED, UNCACHED, ExternalRedis, LiveServer, Probe, p90, status, system_redis_server, wait_for,
+)
+from tests.support import TOKEN, upload_all
+
+pytestmark = pytest.mark.faults
 
 FAULT_S = 2.0  # how long each fault lasts under traffic
 
 
 def _settings(base_dir, data_dir, redis_url=None) -> Settings:
-    return Settings(base_model=str(base_dir), data_dir=data_dir, admin_token="fault-token", device="cpu",
+    return Settings(base_model=str(base_dir), data_dir=data_dir, admin_token=TOKEN, device="cpu",
                     redis_url=redis_url, redis_timeout_s=0.5, registry_poll_ms=100, torch_threads=1)
 
 

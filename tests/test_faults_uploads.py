@@ -20,8 +20,11 @@ import pytest
 
 import diffs_store.blobs as blobs_module
 from diffs_store.redis_connection import shutdown_embedded
-from live_server import AUTH, RESOLVED, TOKEN, LiveServer, Probe, disk_bytes, p90, upload_all
+from tests.live_server import RESOLVED, LiveServer, Probe, disk_bytes, p90
+from tests.support import AUTH, TOKEN, upload_all
 from service.config import Settings
+
+pytestmark = pytest.mark.faults
 
 GiB = 1024**3
 

@@ -15,7 +15,7 @@ from diffs_store import errors
 from diffs_store.format import SparseDiff, SparseTensorDiff, diff_id, parse_diff, read_metadata
 from diffs_store.metadata import DiffKind, DiffMetadata, TaskType, normalise_language
 from diffs_store.validate import validate_diff_bytes
-from factories import random_diff, tiny_base
+from tests.support import random_diff, tiny_base
 
 PARAM = "encoder.layer.0.attention.self.query.weight"  # 16 x 16 in the tiny base
 

@@ -16,7 +16,9 @@ import httpx
 import psutil
 import pytest
 
-from service_fixtures import server_process
+from tests.support import server_process
+
+pytestmark = pytest.mark.faults
 
 TOKEN = "conn-token"
 HEADER_TIMEOUT_S = 4.0
@@ -290,7 +292,7 @@ def test_the_guard_works_on_either_uvicorn_parser(parser):
     import uvicorn
 
     from service.connection_guard import ConnectionGuard, ConnectionLimits
-    from service_fixtures import free_port
+    from tests.support import free_port
 
     if parser == "httptools":
         pytest.importorskip("httptools")

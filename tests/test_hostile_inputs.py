@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from diffs_store.redis_connection import shutdown_embedded
-from live_server import AUTH, RESOLVED, TOKEN, LiveServer, upload_all
+from tests.live_server import RESOLVED, LiveServer
+from tests.support import AUTH, TOKEN, upload_all
 from service.config import Settings
 
 CAP = 256 * 1024  # the body cap of the server under test

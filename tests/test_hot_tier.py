@@ -8,7 +8,7 @@ import pytest
 
 from diffs_store.compose import PatchPlan, build_union, composed_state_dict, switch
 from diffs_store.format import parse_diff
-from factories import counted_index_copies, state_sha
+from tests.support import counted_index_copies, state_sha
 from service.hot_tier import HotTier, UnionKey
 from service.lru import ByteLRU
 from service.model_host import ModelHost

@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from service_fixtures import running_server, upload
+from tests.support import running_server, upload
 
 TOKEN = "client-token"
 

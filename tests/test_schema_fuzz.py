@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from diffs_store.redis_connection import shutdown_embedded
-from live_server import AUTH, TOKEN, LiveServer, upload_all
+from tests.live_server import LiveServer
+from tests.support import AUTH, TOKEN, upload_all
 from service.config import Settings
 
 MAX_EXAMPLES = 100
@@ -53,7 +54,7 @@ def _headless_language(base_dir) -> bytes:
     """A language diff without an MLM head: it composes with tasks but cannot answer alone."""
     from diffs_store.base import load_base_model
     from diffs_store.metadata import DiffKind
-    from factories import random_diff
+    from tests.support import random_diff
 
     model, spec = load_base_model(str(base_dir))
     return random_diff(model, spec, DiffKind.LANGUAGE, language="fon", with_head=False, seed=7).to_bytes()

@@ -6,11 +6,10 @@ from fastapi.testclient import TestClient
 
 from diffs_store.base import load_base_model
 from diffs_store.metadata import DiffKind
-from factories import random_diff, tiny_base, state_sha
 from service.app import create_app
 from service.config import Settings
 from service.patcher import switch_kind
-from service_fixtures import AUTH, TOKEN, post_diff
+from tests.support import AUTH, TOKEN, post_diff, random_diff, state_sha, tiny_base
 
 
 def registry_snapshot(client) -> tuple:

@@ -16,8 +16,10 @@ from diffs_store.format import parse_diff
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import TaskType
 from service.tasks import TASKS, Limits
-from service_fixtures import LANGUAGES, WORDS, running_server, upload
-from service_fixtures import TASKS as TASKS_BY_NAME
+from tests.support import LANGUAGES, WORDS, running_server, upload
+from tests.support import TASKS as TASKS_BY_NAME
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "e2e-token"
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from service_fixtures import server_process
+from tests.support import server_process
+
+pytestmark = pytest.mark.slow  # each stop starts and stops a real server
 
 TOKEN = "stop-token"
 STOPS = ["ctrl-c", "sigterm", "ctrl-c-then-sigterm"]

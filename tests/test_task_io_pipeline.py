@@ -25,10 +25,9 @@ from transformers import AutoModel, BertTokenizerFast, XLMRobertaTokenizerFast, 
 from diffs_store.base import load_base_model
 from diffs_store.merge import merge_to_directory
 from diffs_store.metadata import DiffKind, TaskType
-from factories import random_diff, tiny_bert_config
 from service.app import create_app
 from service.config import Settings
-from service_fixtures import AUTH, post_diff
+from tests.support import AUTH, post_diff, random_diff, tiny_bert_config
 
 WINDOW = 64  # the tiny encoders' positions: long texts below run as several windows
 NER = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG")

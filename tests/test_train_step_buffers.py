@@ -1,14 +1,16 @@
 """The phase-1/phase-2 step with reused buffers leaves bit-identical parameters to the
-straightforward formulation (issue 14, part B): masks by ``torch.where``, L1 by
+straightforward formulation: masks by ``torch.where``, L1 by
 ``sign(theta - theta_ref) * alpha``, frozen entries copied back by ``torch.where``."""
 
 from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertForMaskedLM
 
+from tests.support import tiny_bert_config
 from trainer import lt_sft
 from trainer.models import mlm_loss, untie_and_freeze_decoder
 
@@ -17,9 +19,7 @@ L1 = 0.1
 
 def tiny_mlm() -> BertForMaskedLM:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32)
-    model = BertForMaskedLM(cfg).train()
+    model = BertForMaskedLM(tiny_bert_config(vocab_size=500)).train()
     untie_and_freeze_decoder(model)
     lt_sft.freeze_layer_norms(model)
     return model
@@ -81,6 +81,7 @@ def run(model, steps: list[dict], masks, optimised: bool) -> list[float]:
     return distances
 
 
+@pytest.mark.slow
 def test_buffered_step_is_bit_identical_to_the_plain_formulation():
     model = tiny_mlm()
     steps = batches(4)

@@ -1,6 +1,6 @@
 """LT-SFT trainer: mask selection, phase-2 freezing, L1, diff extraction, jobs, CLI.
 
-Tiny BERT (tests/service_fixtures.make_base_dir), synthetic data, CPU, a few seconds each.
+Tiny BERT (tests/support.make_base_dir), synthetic data, CPU, a few seconds each.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ from diffs_store.heads import head_tensors
 from diffs_store.merge import build_composed_model
 from diffs_store.metadata import DiffKind, TaskType
 from diffs_store.validate import validate_diff_bytes
-from factories import random_diff
 from service.model_host import ModelHost
 from service.patcher import Patcher, PlanCache
-from service_fixtures import WORDS
+from tests.support import WORDS, make_base_dir, random_diff
 from trainer import lt_sft
 from trainer.data.classification import ClassificationExample
 from trainer.data.conll import TaggedSentence
@@ -60,23 +59,9 @@ def recipe(**kw) -> Recipe:
     return Recipe(**base)
 
 
-def make_trainer_base_dir(root: Path) -> Path:
-    """The tiny base with a tokenizer that knows its vocabulary. (make_base_dir passes
-    ``vocab_file=``, which transformers 5 ignores, leaving only the 5 special tokens; every
-    word would be [UNK] and the NER data meaningless.)"""
-    from transformers import BertTokenizerFast
-
-    from service_fixtures import make_base_dir
-
-    root = make_base_dir(root)
-    vocab = (root / "vocab.txt").read_text().split()
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(root)
-    return root
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    return make_trainer_base_dir(tmp_path_factory.mktemp("trainer-base") / "tiny-bert")
+    return make_base_dir(tmp_path_factory.mktemp("trainer-base") / "tiny-bert")
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +214,7 @@ def test_without_reimposing_weight_decay_moves_frozen_entries(base, tmp_path, mo
     assert moved > 0
 
 
+@pytest.mark.slow
 def test_task_diff_is_relative_to_base_plus_source_language_diff(base, lang_diff, tmp_path):
     lang_res, lang_bytes = lang_diff
     lang = parse_diff(lang_bytes)
@@ -263,6 +249,7 @@ def test_task_diff_is_relative_to_base_plus_source_language_diff(base, lang_diff
     assert (alone - trained).abs().max() > 1e-4  # the language diff matters
 
 
+@pytest.mark.slow
 def test_l1_lowers_total_delta(base, tmp_path):
     def total(l1: float) -> float:
         res = train_task_diff(
@@ -274,6 +261,7 @@ def test_l1_lowers_total_delta(base, tmp_path):
     assert total(2000.0) < 0.9 * total(0.0)
 
 
+@pytest.mark.slow
 def test_multisource_leaves_no_language_diff_applied(base, tmp_path, monkeypatch):
     from trainer import multisource
 
@@ -312,6 +300,7 @@ def test_multisource_leaves_no_language_diff_applied(base, tmp_path, monkeypatch
     assert meta.language is None and meta.recipe["multi_source"] and meta.recipe["relative_to"] == "theta0"
 
 
+@pytest.mark.slow
 def test_sequence_classification_task_diff(base, tmp_path):
     from trainer.evaluate import evaluate_model
 
@@ -330,6 +319,7 @@ def test_sequence_classification_task_diff(base, tmp_path):
     assert evaluate_model(composed, base.tokenizer, TaskType.SEQUENCE_CLASSIFICATION, examples[:16]) == res.metrics["dev"]["en"]
 
 
+@pytest.mark.slow
 def test_resume_after_phase_one_reuses_the_saved_mask(base, tmp_path):
     r = recipe()
     first = train_task_diff(base, "ner", TaskType.TOKEN_CLASSIFICATION, [Source("en", sentences(32))], recipe=r, out_dir=tmp_path)
@@ -340,6 +330,7 @@ def test_resume_after_phase_one_reuses_the_saved_mask(base, tmp_path):
     assert again.diff.meta.metrics["train"]["full"] == first.diff.meta.metrics["train"]["full"]
 
 
+@pytest.mark.slow
 def test_resume_from_a_phase_two_checkpoint_matches_an_uninterrupted_run(base, tmp_path, monkeypatch):
     from transformers import TrainerCallback
 
@@ -374,6 +365,7 @@ def test_resume_from_a_phase_two_checkpoint_matches_an_uninterrupted_run(base, t
         torch.testing.assert_close(t, resumed.diff.dense[name], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_question_answering_task_diff(base, tmp_path):
     from trainer.data.squad import QAExample
     from trainer.evaluate import evaluate_model
@@ -434,6 +426,7 @@ def test_qa_features_point_at_the_answer(base):
 # -- CLI ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_train_eval_and_push(base_dir, tmp_path, monkeypatch):
     from diffs_store.base import quiet_transformers
     from trainer import cli

@@ -19,8 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
+
+pytestmark = pytest.mark.ddp
 
 RANKS = 2
 JOBS = ("language", "task")
@@ -96,15 +99,11 @@ def _worker(base_dir: str, out: str) -> None:
 # -- the tests ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(base_dir: Path, out: Path) -> subprocess.CompletedProcess:
     """``torchrun`` with 2 CPU processes on loopback (gloo), bounded in time so a rank
     waiting forever on a collective fails the test instead of hanging CI."""
+    from tests.support import free_port  # here, not at the top: the workers run this file as a script
+
     scratch = out / "tmp"  # torchrun's per-run log directories land here, not in /tmp
     scratch.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CSFT_TORCH_THREADS": "1", "TMPDIR": str(scratch)}
@@ -112,7 +111,7 @@ def _torchrun(base_dir: Path, out: Path) -> subprocess.CompletedProcess:
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo would otherwise pick the hostname's interface
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(RANKS),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         __file__, "--worker", str(base_dir), str(out),
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -122,9 +121,10 @@ def test_two_process_ddp_language_and_task_jobs_reduce_gradients(tmp_path):
     from diffs_store.base import load_base_model
     from diffs_store.format import diff_id
     from diffs_store.validate import validate_diff_bytes
-    from test_trainer import lines, make_trainer_base_dir, sentences
+    from tests.support import make_base_dir
+    from tests.test_trainer import lines, sentences
 
-    base_dir = make_trainer_base_dir(tmp_path / "tiny-bert")
+    base_dir = make_base_dir(tmp_path / "tiny-bert")
     (tmp_path / "en.txt").write_text("\n".join(lines(64)) + "\n")
     conll = "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(s.words, s.tags)) for s in sentences(48)) + "\n"
     (tmp_path / "ner.txt").write_text(conll)
@@ -165,9 +165,10 @@ def test_mlm_loss_through_a_wrapper_equals_the_masked_positions_path(tmp_path):
     from trainer.data.encode import collator_for, encode_lines
     from trainer.jobs import Base
     from trainer.models import build_model, mlm_loss
-    from test_trainer import lines, make_trainer_base_dir
+    from tests.support import make_base_dir
+    from tests.test_trainer import lines
 
-    base = Base.load(str(make_trainer_base_dir(tmp_path / "tiny-bert")))
+    base = Base.load(str(make_base_dir(tmp_path / "tiny-bert")))
     model, _ = build_model(base.model, base.spec, TaskType.FILL_MASK)
     model.eval()  # no dropout: both paths see the same network
     collate = collator_for(TaskType.FILL_MASK, base.tokenizer, mlm_probability=0.3, seed=0)

@@ -1,4 +1,4 @@
-"""Language-diff training data and head warm-up (issue 13): packed MLM blocks as the
+"""Language-diff training data and head warm-up: packed MLM blocks as the
 reference's run_mlm makes them, line mode, and the warm-up of a fresh MLM head that keeps
 phase 1's selection about the language.
 
@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffs_store.format import parse_diff
-from test_trainer import base, base_dir, lines, recipe  # noqa: F401  (module fixtures)
+from tests.test_trainer import base, base_dir, lines, recipe  # noqa: F401  (module fixtures)
 from trainer.data.encode import encode_blocks, encode_lines, encode_mlm
 from trainer.jobs import head_warmup_length, train_language_diff
 from trainer.recipe import PhaseLength
@@ -45,6 +45,7 @@ def test_default_warmup_follows_phase_one_for_a_fresh_head_only():
     assert head_warmup_length(explicit, fresh_head=True) == head_warmup_length(explicit, fresh_head=False)
 
 
+@pytest.mark.slow
 def test_head_warmup_trains_the_head_alone_and_changes_the_selection(base, tmp_path):
     """Without warm-up, phase 1 starts from a random head and the top-K reflects fitting
     it; after warm-up (the encoder untouched), the selection differs."""
@@ -104,7 +105,7 @@ def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
     from the checkpoint's own MLM head, bit for bit, and the default recipe skips warm-up."""
     from safetensors.torch import load_file
 
-    from reference_sft import save_checkpoint
+    from tests.reference_sft import save_checkpoint
     from trainer.jobs import Base
 
     ckpt = save_checkpoint(tmp_path / arch, arch, "mlm")
@@ -120,6 +121,7 @@ def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
     assert res.diff.meta.recipe["mlm_head"] == "pretrained" and res.diff.meta.recipe["head_warmup_steps"] == 0
 
 
+@pytest.mark.slow
 def test_lean_phase_two_equals_the_dense_reference_bit_for_bit(base, tmp_path, monkeypatch):
     """Without weight decay, phase 2 keeps theta_ref only at the K selected entries, adds
     the L1 term there only and copies nothing back. Same weights, same diff, as keeping

@@ -13,24 +13,17 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import socket
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from service.config import Settings
-from service.readiness import wait_ready
+from service.readiness import free_port, wait_ready
 from service.scaleout.options import ScaleOutOptions, settings_args
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "csft"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

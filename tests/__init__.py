@@ -1,0 +1,1 @@
+"""The test suite: a package, so the benchmarks can import its support module as ``tests.support``."""
