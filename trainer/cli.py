@@ -61,6 +61,10 @@ SPARSE_L1 = typer.Option(None, "--sparse-l1", help="L1 towards theta0 in phase 2
 SEQ = typer.Option(None, "--max-seq-len")
 SEED = typer.Option(None, "--seed")
 SAVE_STEPS = typer.Option(None, "--save-steps", help="Checkpoint every N steps (resume by rerunning).")
+PRECISION = typer.Option(
+    None, "--precision", help="fp32 (default) or bf16: forward/backward under bf16 autocast (CPUs with native bf16, "
+    "CUDA). Weights, optimizer state, the top-K selection and the diff stay fp32.",
+)
 LAYER_NORM = typer.Option(False, "--include-layer-norm", help="Let LayerNorm entries be selected (default: frozen).")
 PUSH = typer.Option(None, "--push", help="Service URL: POST the diff to <URL>/v1/admin/diffs.")
 TOKEN = typer.Option(None, "--token", envvar="CSFT_ADMIN_TOKEN", help="Admin bearer token for --push.")
@@ -77,7 +81,10 @@ def _phase(epochs, min_steps, max_steps, default):
 
 
 def _recipe(default, *, k, full, sparse, **changes):
-    recipe = default.with_(k=parse_k(k), **changes)
+    try:
+        recipe = default.with_(k=parse_k(k), **changes)
+    except ValueError as exc:  # e.g. an unknown --precision
+        fail(str(exc), 2)
     return recipe.with_(
         full=_phase(*full, recipe.full), sparse=_phase(*sparse, recipe.sparse)
     )
@@ -141,6 +148,7 @@ def language_cmd(
     seed: Optional[int] = SEED,
     save_steps: Optional[int] = SAVE_STEPS,
     include_layer_norm: bool = LAYER_NORM,
+    precision: Optional[str] = PRECISION,
     store_decoder: bool = typer.Option(
         False, "--store-decoder/--no-store-decoder",
         help="Store the frozen MLM decoder (vocab x hidden) in the diff. By default it is recorded as the base's "
@@ -176,7 +184,7 @@ def language_cmd(
         language_recipe(), k=k, full=(full_epochs, full_min_steps, full_max_steps),
         sparse=(sparse_epochs, sparse_min_steps, sparse_max_steps), batch_size=batch_size, grad_accum=grad_accum,
         learning_rate=lr, weight_decay=weight_decay, full_l1_reg=full_l1, sparse_l1_reg=sparse_l1,
-        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps,
+        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps, precision=precision,
         freeze_layer_norm=False if include_layer_norm else None, mlm_packing=False if line_by_line else None,
         head_warmup=None if head_warmup_steps is None else PhaseLength(max_steps=head_warmup_steps),
         head_warmup_lr=head_warmup_lr,
@@ -270,6 +278,7 @@ def task_cmd(
     seed: Optional[int] = SEED,
     save_steps: Optional[int] = SAVE_STEPS,
     include_layer_norm: bool = LAYER_NORM,
+    precision: Optional[str] = PRECISION,
     push: Optional[str] = PUSH,
     token: Optional[str] = TOKEN,
 ) -> None:
@@ -295,7 +304,7 @@ def task_cmd(
         task_recipe(tt), k=k, full=(full_epochs, full_min_steps, full_max_steps),
         sparse=(sparse_epochs, sparse_min_steps, sparse_max_steps), batch_size=batch_size, grad_accum=grad_accum,
         learning_rate=lr, weight_decay=weight_decay, full_l1_reg=full_l1, sparse_l1_reg=sparse_l1,
-        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps,
+        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps, precision=precision,
         freeze_layer_norm=False if include_layer_norm else None,
     )
     trains = [split_source(t) for t in train]

@@ -57,6 +57,39 @@ def untie_and_freeze_decoder(model: PreTrainedModel) -> None:
 
 
 @contextmanager
+def cast_once_frozen_decoder(model: PreTrainedModel, dtype: torch.dtype | None) -> Iterator[None]:
+    """Inside the block, the frozen MLM decoder uses one ``dtype`` copy of its weight made on
+    entry, when autocast to ``dtype`` is on; outside autocast it is the plain fp32 layer.
+
+    Autocast casts every weight on every forward: for a 250k-row vocabulary that is a
+    96M-entry copy per step. The decoder is frozen (:func:`untie_and_freeze_decoder`), so
+    the cast gives the same values every time and is made once; the result is identical to
+    autocast's own cast (round to nearest). Its bias (tied to the trainable head bias) is
+    cast per call, as autocast does, so its gradient flows. ``dtype=None`` or a decoder
+    that trains: no change.
+    """
+    decoder = model.get_output_embeddings()
+    if dtype is None or decoder is None or decoder.weight.requires_grad:
+        yield
+        return
+    weight = decoder.weight.detach().to(dtype)
+    plain = type(decoder).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == dtype:
+            bias = None if decoder.bias is None else decoder.bias.to(dtype)
+            return F.linear(x.to(dtype), weight, bias)
+        return plain(decoder, x)
+
+    decoder.forward = forward
+    try:
+        yield
+    finally:
+        del decoder.forward
+
+
+@contextmanager
 def frozen_encoder(model: PreTrainedModel) -> Iterator[None]:
     """Only the head trains inside the block; ``requires_grad`` is restored after it."""
     encoder = list(model.base_model.parameters())

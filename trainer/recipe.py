@@ -27,6 +27,7 @@ from diffs_store.metadata import TaskType
 
 LANGUAGE_K_MATRICES = 13  # 13 * 768**2 = 7,667,712
 TASK_K_MATRICES = 24  # 24 * 768**2 = 14,155,776
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,18 @@ class Recipe:
     # recipe's learning_rate).
     head_warmup: PhaseLength | None = None
     head_warmup_lr: float | None = None
+    # Compute precision of forward and backward: "fp32", or "bf16" autocast (CPUs with
+    # native bf16, CUDA). Master weights, gradients, optimizer state, theta_ref, the top-K
+    # selection and the diff stay fp32 either way; only matmul inputs are rounded.
+    precision: str = "fp32"
     seed: int = 42
     save_steps: int | None = None  # checkpoint every N optimizer steps (None: no checkpoints)
     save_total_limit: int = 2
     logging_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} must be one of {', '.join(PRECISIONS)}")
 
     def with_(self, **changes: Any) -> "Recipe":
         """A copy with ``changes``; ``None`` values are ignored so CLI options can pass through."""
