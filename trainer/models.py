@@ -40,8 +40,13 @@ def build_model(
     pretrained = pretrained_head(spec, task_type)
     if pretrained:
         model.load_state_dict(pretrained, strict=False)
-    fresh = bool(head_layout(spec, task_type, len(labels) or 2).required)
-    return model.float().train(), fresh
+    return model.float().train(), head_is_fresh(spec, task_type, len(labels) or 2)
+
+
+def head_is_fresh(spec: BaseSpec, task_type: TaskType, n_labels: int = 2) -> bool:
+    """Whether the checkpoint leaves part of the ``task_type`` head to train from scratch
+    (for fill-mask: a base without a pretrained MLM head, e.g. a sentence encoder)."""
+    return bool(head_layout(spec, task_type, n_labels).required)
 
 
 def untie_and_freeze_decoder(model: PreTrainedModel) -> None:

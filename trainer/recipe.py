@@ -121,6 +121,24 @@ def language_recipe(**changes: Any) -> Recipe:
     return base.with_(**changes)
 
 
+# The language recipe for a base WITHOUT a pretrained MLM head (sentence encoders such as
+# e5 or MiniLM), sized for a CPU and chosen on development signals only (dev MLM loss on
+# held-out lines; docs/RESULTS.md "Choosing the language recipe", with its selection log):
+# a head warm-up as long as phase 1 at 1e-3 (head_warmup None: as long as phase 1), then
+# 100 + 100 LT-SFT steps at 1e-4 on packed blocks of 64 tokens. A base with a pretrained
+# head keeps the reference recipe (language_recipe()).
+NO_MLM_HEAD_LANGUAGE: dict[str, Any] = dict(
+    full=PhaseLength(max_steps=100), sparse=PhaseLength(max_steps=100), learning_rate=1e-4,
+    head_warmup_lr=1e-3, max_seq_len=64,
+)
+
+
+def language_recipe_for(fresh_head: bool, **changes: Any) -> Recipe:
+    """The default language recipe for a base with (``fresh_head=False``) or without a
+    pretrained MLM head; ``changes`` override it."""
+    return language_recipe(**{**(NO_MLM_HEAD_LANGUAGE if fresh_head else {}), **changes})
+
+
 def task_recipe(task_type: TaskType, **changes: Any) -> Recipe:
     """Reference task-script defaults for ``task_type``."""
     if task_type is TaskType.SEQUENCE_CLASSIFICATION:
