@@ -65,13 +65,15 @@ def child(args: argparse.Namespace, precision: str) -> dict:
     collator = collator_for(TaskType.FILL_MASK, base.tokenizer, mlm_probability=recipe.mlm_probability, seed=1)
 
     times: list[float] = []
+    cpu: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *_a, **_k):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.thread_time()
 
         def on_step_end(self, *_a, **_k):
             times.append(time.perf_counter() - self.t)
+            cpu.append(time.thread_time() - self.c)
 
     out_dir = Path(tempfile.mkdtemp(prefix="train-precision-"))
     base_rss = rss_bytes()
@@ -85,7 +87,7 @@ def child(args: argparse.Namespace, precision: str) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     return {"precision": precision, "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
-            "step_s": times[args.warm:], "warm_s": times[: args.warm], "losses": losses, "wall_s": wall,
+            "step_s": times[args.warm:], "warm_s": times[: args.warm], "step_cpu_s": cpu[args.warm:], "losses": losses, "wall_s": wall,
             "base_rss_mib": base_rss / MiB, "peak_rss_mib": peak.peak / MiB, "examples": len(features),
             "threads": torch.get_num_threads()}
 
@@ -141,18 +143,23 @@ def main() -> None:
 
 def summarise(runs: dict[str, list[dict]], configs) -> None:
     first = configs[0][0]
-    step = lambda res: median(res["step_s"])  # noqa: E731
+    def per_step(series):
+        return lambda res: median(res[series])
+
     rows = []
     for label, _, _ in configs:
         rs = runs[label]
-        ratio = median([step(b) / step(a) for a, b in zip(runs[first], rs)])
-        rows.append([label, f"{median([x for r in rs for x in r['step_s']]):.2f}", f"{1 / ratio:.2f}x",
-                     f"{3600 / median([x for r in rs for x in r['step_s']]):,.0f}",
-                     f"{median([r['peak_rss_mib'] for r in rs]):,.0f}",
-                     f"{median([r['peak_rss_mib'] / a['peak_rss_mib'] for a, r in zip(runs[first], rs)]):.2f}x"])
-    print("\n## Phase-1 step time and peak memory\n")
-    print(table(["config", "step s (median)", f"steps per hour vs {first}", "steps per hour",
-                 "peak RSS MiB", f"peak RSS vs {first}"], rows))
+        row = [label]
+        for series in ("step_cpu_s", "step_s"):
+            value = median([x for r in rs for x in r[series]])
+            ratio = median([per_step(series)(b) / per_step(series)(a) for a, b in zip(runs[first], rs)])
+            row += [f"{value:.2f}", f"{3600 / value:,.0f}", f"{1 / ratio:.2f}x"]
+        row += [f"{median([r['peak_rss_mib'] for r in rs]):,.0f}",
+                f"{median([r['peak_rss_mib'] / a['peak_rss_mib'] for a, r in zip(runs[first], rs)]):.2f}x"]
+        rows.append(row)
+    print("\n## Phase-1 step time and peak memory (medians; ratios: median of per-round ratios)\n")
+    print(table(["config", "CPU s / step", "steps per CPU hour", f"vs {first}", "wall s / step",
+                 "steps per wall hour", f"vs {first}", "peak RSS MiB", f"peak RSS vs {first}"], rows))
     print("\n## Loss on the same batches (round 1; logged every step)\n")
     curves = {label: runs[label][0]["losses"] for label, _, _ in configs}
     n = min(len(c) for c in curves.values())
