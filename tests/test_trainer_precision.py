@@ -176,3 +176,26 @@ def test_language_defaults_follow_the_base_head():
     assert fresh.head_warmup_lr == 1e-3 and fresh.full.steps(10**6, 8) == 100 and fresh.max_seq_len == 64
     assert fresh.full_l1_reg == fresh.sparse_l1_reg == 0.1  # the reference's L1 either way
     assert language_recipe_for(True, learning_rate=3e-4).learning_rate == 3e-4  # options override
+
+
+def test_bf16_task_diff_trains_under_autocast_with_fp32_entries(base, tmp_path):
+    from test_trainer import sentences
+    from trainer.jobs import Source, train_task_diff
+
+    dtypes = set()
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, _i, out: dtypes.add(out.dtype) if isinstance(m, nn.Linear) and torch.is_grad_enabled() else None
+    )
+    try:
+        res = train_task_diff(
+            base, "ner", TaskType.TOKEN_CLASSIFICATION, [Source("en", sentences(48), dev=sentences(16, seed=5))],
+            recipe=recipe(k=K, weight_decay=0.0, precision="bf16"), out_dir=tmp_path,
+        )
+    finally:
+        handle.remove()
+    assert dtypes == {torch.bfloat16}  # the model's own forward (task path) ran under autocast
+    theta0 = maskable_theta0(base)
+    changed = sum(int((p.detach() != theta0[n]).sum()) for n, p in res.trainer.maskable.items())
+    assert changed == K == res.diff.nnz and res.diff.meta.recipe["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())
+    assert res.metrics["train"]["full"]["train_loss"] > 0 and "en" in res.metrics["dev"]
