@@ -12,9 +12,12 @@ them). The head warm-up is not included (it is the cheaper head-only step).
 Configurations (``--configs``, each ``LABEL=PRECISION[+thp]``): ``thp`` runs the child
 with ``THP_MEM_ALLOC_ENABLE=1`` (torch's huge-page alignment for large tensors; see
 BENCHMARKS "Allocator settings"), read at the child's first allocation. Every
-configuration runs in its own process, once per round, rotating the order; step times
-are medians over the timed steps (the first ``--warm`` steps allocate AdamW state and are
-not timed), ratios the median of per-round ratios against the first configuration.
+configuration runs in its own process, once per round, rotating the order. Each step is
+timed in CPU seconds of the training thread (``time.thread_time``; with one torch thread
+that is all of the step's compute, so "steps per CPU hour" survives a machine shared with
+other jobs) and in wall seconds; both are medians over the timed steps (the first
+``--warm`` steps allocate AdamW state and are not timed), ratios the median of per-round
+ratios against the first configuration.
 
     python -m trainer.experiments.e5_base --out runs/bases/multilingual-e5-small
     python bench/train_precision.py --base runs/bases/multilingual-e5-small \\
