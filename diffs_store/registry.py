@@ -158,6 +158,12 @@ class Entry:
     size: int
     created_at: str
     published_at: str
+    tags: tuple[str, ...] = ()
+
+    @property
+    def demo(self) -> bool:
+        """Installed by the server's demo (service.demo), not uploaded by a user."""
+        return "demo" in self.tags
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: enums as their values, labels as a list."""
@@ -176,6 +182,7 @@ class Entry:
             "size": self.size,
             "created_at": self.created_at,
             "published_at": self.published_at,
+            "tags": list(self.tags),
         }
 
     @classmethod
@@ -195,6 +202,7 @@ class Entry:
             size=int(h["size"]),
             created_at=h["created_at"],
             published_at=h["published_at"],
+            tags=tuple(json.loads(h.get("tags") or "[]")),
         )
 
 
@@ -323,6 +331,7 @@ class Registry:
             "base_model": meta.base_model,
             "base_fingerprint": fp,
             "created_at": meta.created_at,
+            "tags": json.dumps(list(meta.tags)),
             "status": STATUS_LIVE,
         }
         keys = [
@@ -525,6 +534,7 @@ class Registry:
                     "labels": list(e.labels),
                     "latest_version": e.version,
                     "id": e.id,
+                    "demo": e.demo,
                 }
             )
         return out

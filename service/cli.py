@@ -64,6 +64,7 @@ def serve(
     target_ongoing_requests: float = typer.Option(4.0, "--target-ongoing-requests", help="Autoscaling target per model replica."),
     replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="CPUs per model replica (also its torch threads)."),
     replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="GPUs per model replica."),
+    no_demo: bool = typer.Option(False, "--no-demo", help="Install no demo diffs and retire earlier ones (CSFT_DEMO=false)."),
 ) -> None:
     """Start the HTTP server. One replica: this process (uvicorn). Two or more (or
     --max-replicas, or --ray-address): the Ray Serve application with pair-affinity
@@ -73,7 +74,10 @@ def serve(
     from service.config import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(**({"base_model": base_model} if base_model else {}))
+    overrides = {"base_model": base_model} if base_model else {}
+    if no_demo:
+        overrides["demo"] = False
+    settings = Settings(**overrides)
     if replicas == 1 and max_replicas is None and ray_address is None:
         import uvicorn
 

@@ -128,6 +128,8 @@ class Engine:
         self._warm_queued = threading.Event()
         # Test hook: called inside the worker right before each forward pass.
         self.before_forward = None
+        # What the demo installed at start (service.demo.DemoStatus), for /v1/info.
+        self.demo = None
 
     def start(self) -> None:
         self.watch.start()
