@@ -1,8 +1,25 @@
 // Matrix: every language x task of the loaded base, servable or not, with the versions that
 // would answer; a click on a servable cell opens the pair in the playground.
 
+import { getJSON } from "./api.js";
 import { languageName, onCatalog, pairType } from "./catalog.js";
 import { $, h } from "./dom.js";
+
+// The demo pairs' measured quality (GET /v1/info, demo.quality), keyed "language|task".
+let quality = {};
+
+async function loadQuality() {
+  try {
+    const demo = (await getJSON("v1/info")).demo;
+    quality = Object.fromEntries((demo?.enabled ? demo.quality : []).map((q) => [`${q.language}|${q.task}`, q]));
+  } catch (_) { quality = {}; }
+}
+
+/** "F1 43.7 (task alone 41.5)" under a cell whose language and task are both the demo's. */
+function demoNote(language, task) {
+  const q = language.demo && task.demo ? quality[`${language.language}|${task.task}`] : null;
+  return q ? h("span", { class: "muted demo-f1", title: q.test }, h("br"), `demo: F1 ${q.f1} (task alone ${q.task_only_f1})`) : "";
+}
 
 const ALONE = { task: "", label: "alone (fill-mask)" };
 const SOURCE = { language: "", label: "none (task's source language)" };
@@ -18,10 +35,10 @@ function cell(language, task, versions, onTry) {
     h("button", {
       type: "button", class: "cell-button", "data-language": language.language, "data-task": task.task,
       "aria-label": `Try ${who}`, onclick: () => onTry(language.language, task.task),
-    }, versions));
+    }, versions, demoNote(language, task)));
 }
 
-const version = (entry) => (entry.latest_version ? `v${entry.latest_version}` : "");
+const version = (entry) => (entry.latest_version ? `v${entry.latest_version}${entry.demo ? " demo" : ""}` : "");
 
 function draw({ languages, tasks }, onTry) {
   if (!languages.length && !tasks.length) {
@@ -40,5 +57,8 @@ function draw({ languages, tasks }, onTry) {
 }
 
 export function initMatrix(onTry) {
-  onCatalog((current) => draw(current, onTry));
+  onCatalog(async (current) => {
+    await loadQuality();
+    draw(current, onTry);
+  });
 }
