@@ -67,12 +67,14 @@ class DemoStatus:
         return asdict(self)
 
 
-def load_manifest(files: Path | Any = FILES) -> dict[str, Any]:
+def load_manifest(files: Path | Any) -> dict[str, Any]:
     return json.loads((files / "manifest.json").read_text())
 
 
-def install_demo(registry: Registry, spec: BaseSpec, enabled: bool = True, files: Path | Any = FILES) -> DemoStatus:
-    """Publish the shipped demo diffs for ``spec`` (see the module's rules); never raises."""
+def install_demo(registry: Registry, spec: BaseSpec, enabled: bool = True, files: Path | Any | None = None) -> DemoStatus:
+    """Publish the shipped demo diffs for ``spec`` (see the module's rules); never raises.
+    ``files``: the folder of manifest and compact diffs (default: the shipped one)."""
+    files = FILES if files is None else files
     try:
         if not enabled:
             retired = retire_demo(registry, spec.fingerprint)
