@@ -87,6 +87,9 @@ def install_demo(registry: Registry, spec: BaseSpec, enabled: bool = True, files
 
 
 def _install(registry: Registry, spec: BaseSpec, files: Path | Any) -> DemoStatus:
+    if not (files / "manifest.json").is_file():
+        log.info("no demo: this build ships no demo diffs")
+        return DemoStatus(False, "this build ships no demo diffs")
     manifest = load_manifest(files)
     if manifest["base_fingerprint"] != spec.fingerprint:
         reason = f"the demo diffs are for the base {manifest['base_model']!r}, not {spec.name!r}"
