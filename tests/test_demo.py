@@ -106,6 +106,38 @@ def test_other_base_or_broken_files_leave_the_registry_alone(registry, spec, dem
     assert registry.list(spec.fingerprint) == []
 
 
+def test_disk_full_while_publishing_leaves_one_log_line(registry, spec, demo_files, monkeypatch, caplog):
+    import errno
+
+    def full(data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(registry.blobs, "put", full)
+    with caplog.at_level("WARNING", logger="service.demo"):
+        status = install_demo(registry, spec, files=demo_files)
+    assert not status.enabled and "No space left on device" in status.reason
+    assert [r.getMessage() for r in caplog.records if r.name == "service.demo"] == [
+        f"demo not installed, serving without it: {status.reason}"]
+    assert registry.list(spec.fingerprint) == []
+
+
+def test_server_with_a_broken_demo_is_ready_and_says_why(tiny_base_dir, demo_files, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import service.demo
+    from service.app import create_app
+    from service.config import Settings
+
+    (demo_files / "language-hau.csftz").write_bytes(b"garbage")
+    monkeypatch.setattr(service.demo, "FILES", demo_files)
+    settings = Settings(base_model=str(tiny_base_dir), data_dir=tmp_path / "data", device="cpu")
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/v1/info").json()
+        assert info["demo"]["enabled"] is False and "sha256" in info["demo"]["reason"]
+        assert info["dtype"] == "float32" and info["dtype_setting"] == "float32"
+        assert client.get("/readyz").status_code == 200
+
+
 def test_a_users_upload_wins_over_the_demo_pair(tiny_base_dir, tiny_diffs, demo_files, tmp_path, monkeypatch):
     """Over HTTP: the demo answers (hau, ner) until the user uploads their own ner diff;
     from then on the user's diff answers, and the catalog no longer marks ner as demo."""

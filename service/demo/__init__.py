@@ -97,19 +97,22 @@ def _install(registry: Registry, spec: BaseSpec, files: Path | Any) -> DemoStatu
         return DemoStatus(False, reason, manifest["base_model"])
     status = DemoStatus(True, None, manifest["base_model"], quality=manifest.get("quality", []))
     live = registry.list(spec.fingerprint)
+    todo: list[tuple[DemoDiff, dict[str, Any], Any]] = []
     for item in manifest["diffs"]:
         kind = DiffKind(item["kind"])
         mine = [e for e in live if e.kind is kind and e.key == item["key"]]
         row = DemoDiff(kind.value, item["key"])
+        status.diffs.append(row)
         if any(not e.demo for e in mine):
             row.state = "outranked by a user's upload"
-            status.diffs.append(row)
             continue
-        entry = next((e for e in mine if e.id == item["diff_id"]), None)
+        todo.append((row, item, next((e for e in mine if e.id == item["diff_id"]), None)))
+    # Decode and check every file before publishing any, so a damaged file publishes nothing.
+    decoded = {item["file"]: _decoded_bytes(files, item) for _, item, entry in todo if entry is None}
+    for row, item, entry in todo:
         if entry is None:
-            entry = validate_and_publish(registry, _decoded_bytes(files, item), spec)
+            entry = validate_and_publish(registry, decoded[item["file"]], spec)
         row.id, row.version = entry.id, entry.version
-        status.diffs.append(row)
     log.info("demo: %s", ", ".join(f"{d.kind} {d.key} ({d.state})" for d in status.diffs))
     return status
 
