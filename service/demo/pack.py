@@ -59,9 +59,24 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     quality = json.loads(args.quality.read_text()) if args.quality else []
     manifest = pack([load_diff(path) for path in args.diffs], args.out, args.base_model, quality)
+    total = 0
     for item in manifest["diffs"]:
         size = (args.out / item["file"]).stat().st_size
+        total += size
         print(f"{item['file']}: {item['nnz']:,} entries, {size:,} bytes ({size / max(item['nnz'], 1):.2f} B/entry)")
+    print(f"total {total:,} bytes\n")
+    print(quality_table(quality))
+
+
+def quality_table(rows: list[dict[str, Any]]) -> str:
+    """The README's table of the demo pairs' F1 (shipped diffs; trained diffs for comparison)."""
+    lines = ["| pair | F1, float32 | task diff alone | F1, bfloat16 | task alone, bfloat16 | trained (uncompacted) diffs, float32 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['language']} + {r['task']} | **{r['shipped_float32_f1']}** | {r['shipped_float32_task_only_f1']} | "
+                     f"{r['shipped_bfloat16_f1']} | {r['shipped_bfloat16_task_only_f1']} | "
+                     f"{r['trained_float32_f1']} (alone {r['trained_float32_task_only_f1']}) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
