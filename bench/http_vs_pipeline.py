@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import loadgen  # noqa: E402
 from common import NER_LABELS, loadavg, machine_info, median, table  # noqa: E402
-from serving_load import SENTENCES, Server  # noqa: E402
+from serving_load import SENTENCES, Server, metric_delta, scrape  # noqa: E402
 
 HAUSA = [
     "Shugaba Muhammadu Buhari ya isa Kano ranar Litinin .",
@@ -87,14 +87,22 @@ class Pipeline:
                              aggregation_strategy="simple", device="cpu")
         self.autocast = dtype == "bfloat16" and mode == "autocast"
 
-    def run(self, sentences: list[str]) -> float:
-        """Sentences per second over ``sentences`` at batch 32."""
+    def run(self, sentences: list[str]) -> tuple[float, float]:
+        """Sentences per second over ``sentences`` at batch 32, and the model's mean forward
+        time per batch (ms) within that run."""
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        spent = []
+        hook = self.pipe.model.register_forward_pre_hook(lambda *_: spent.append(-time.perf_counter()))
+        done = self.pipe.model.register_forward_hook(lambda *_: spent.append(spent.pop() + time.perf_counter()))
         start = time.perf_counter()
-        with torch.inference_mode(), ctx:
-            out = self.pipe(sentences, batch_size=32)
+        try:
+            with torch.inference_mode(), ctx:
+                out = self.pipe(sentences, batch_size=32)
+        finally:
+            hook.remove()
+            done.remove()
         assert len(out) == len(sentences)
-        return len(sentences) / (time.perf_counter() - start)
+        return len(sentences) / (time.perf_counter() - start), 1e3 * sum(spent) / max(len(spent), 1)
 
 
 def main() -> None:
@@ -150,18 +158,25 @@ def main() -> None:
         for rep in range(args.repeats):
             for d in args.dtypes:
                 plan = [(language, task_name, x) for x in sentences]
+                before = scrape(srv[d].url)
                 res = asyncio.run(loadgen.run_aiohttp(srv[d].url, plan, args.concurrency))
+                m = metric_delta(before, scrape(srv[d].url))
+                # the worker's share of the wall clock spent in forward passes: near 1 means the
+                # model is the limit; well below 1 means the HTTP side did not keep it fed
+                busy = m["batches"] * m["forward_ms"] / 1e3 / res["wall"] if m["batches"] else float("nan")
                 if res["errors"]:
                     print("  errors:", res["errors"][:3], flush=True)
                 results.setdefault((d, "http"), []).append(res["rps"])
                 print(f"[raw] rep {rep} {d:9s} http     {res['rps']:.1f} sentences/s p50 {res['p50'] * 1e3:.0f} ms "
-                      f"p99 {res['p99'] * 1e3:.0f} ms load {loadavg()}", flush=True)
+                      f"p99 {res['p99'] * 1e3:.0f} ms batches {m['batches']} mean batch {m['mean_batch']:.1f} "
+                      f"forward {m['forward_ms']:.0f} ms/batch worker busy {busy:.0%} load {loadavg()}", flush=True)
                 for (pd, mode), p in pipes.items():
                     if pd != d:
                         continue
-                    rate = p.run(sentences)
+                    rate, fwd = p.run(sentences)
                     results.setdefault((d, f"pipeline-{mode}"), []).append(rate)
-                    print(f"[raw] rep {rep} {d:9s} pipeline-{mode:8s} {rate:.1f} sentences/s load {loadavg()}", flush=True)
+                    print(f"[raw] rep {rep} {d:9s} pipeline-{mode:8s} {rate:.1f} sentences/s forward {fwd:.0f} ms/batch "
+                          f"load {loadavg()}", flush=True)
 
         rows = []
         for d in args.dtypes:
