@@ -16,7 +16,7 @@ Ordering rules that keep the two stores consistent:
 Key layout (``ns`` = namespace, default ``csft``; ``fp`` = base fingerprint ``sha256:...``;
 ``kind`` = ``language``/``task``; ``key`` = the language or task name)::
 
-    ns:entry:<id>                        hash   one live diff (fields: see Entry, + labels JSON, status)
+    ns:entry:<id>                        hash   one live diff (fields: see Entry, + labels and metrics JSON, status)
     ns:base:<fp>:seq:<kind>:<key>        string last version handed out (INCR; never reset, so a
                                                 (key, version) pair always names the same bytes)
     ns:base:<fp>:versions:<kind>:<key>   zset   live ids scored by version
@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar
 
@@ -158,6 +158,16 @@ class Entry:
     size: int
     created_at: str
     published_at: str
+    # The producer's recorded figures (training, and dev scores under "dev"), as the diff's
+    # header carries them: what a person picking a diff compares.
+    metrics: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def dev_metrics(self) -> dict[str, Any]:
+        """The recorded dev scores (``metrics["dev"]``): per source language for a task diff,
+        masked-LM loss and perplexity for a language diff; {} when none were recorded."""
+        dev = self.metrics.get("dev")
+        return dict(dev) if isinstance(dev, Mapping) else {}
     tags: tuple[str, ...] = ()
 
     @property
@@ -182,6 +192,7 @@ class Entry:
             "size": self.size,
             "created_at": self.created_at,
             "published_at": self.published_at,
+            "metrics": dict(self.metrics),
             "tags": list(self.tags),
         }
 
@@ -202,6 +213,7 @@ class Entry:
             size=int(h["size"]),
             created_at=h["created_at"],
             published_at=h["published_at"],
+            metrics=json.loads(h.get("metrics") or "{}"),  # absent in entries published before it was kept
             tags=tuple(json.loads(h.get("tags") or "[]")),
         )
 
@@ -326,6 +338,7 @@ class Registry:
             "task": meta.task or "",
             "task_type": meta.task_type.value if meta.task_type else "",
             "labels": json.dumps(list(meta.labels)),
+            "metrics": json.dumps(meta.metrics),
             "size": str(len(data)),
             "nnz": str(meta.nnz),
             "base_model": meta.base_model,
@@ -519,8 +532,10 @@ class Registry:
 
     @_redis_errors
     def tasks(self, base_fp: str) -> list[dict[str, Any]]:
-        """One dict per task with a live version: task, task_type, labels and latest_version
-        (and its id), all from the latest version, which is what a request would get."""
+        """One dict per task with a live version: task, task_type, labels, latest_version (and
+        its id), source_language (the language it was trained on, None for several or
+        unknown) and dev_metrics (its recorded dev scores), all from the latest version,
+        which is what a request would get."""
         out = []
         for task in sorted(_s(self.redis.smembers(self._index_key(base_fp, DiffKind.TASK)))):
             try:
@@ -534,6 +549,8 @@ class Registry:
                     "labels": list(e.labels),
                     "latest_version": e.version,
                     "id": e.id,
+                    "source_language": e.language,
+                    "dev_metrics": e.dev_metrics,
                     "demo": e.demo,
                 }
             )

@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import console
-from service.api import admin, catalog, health, info, predict
+from service.api import admin, catalog, health, inference, info, predict
+from service.api.auth_limit import FailedAuthLimiter
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ def create_app(settings: Settings | None = None, *, make_engine: Callable[[Setti
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.auth_limiter = FailedAuthLimiter(settings.auth_failures_per_window, settings.auth_failure_window_s)
     app.state.engine = None
-    for module in (predict, catalog, admin, health, info):
+    for module in (predict, inference, catalog, admin, health, info):
         app.include_router(module.router)
     console.mount(app)
     return app

@@ -109,8 +109,15 @@ def serve(
         import uvicorn
 
         from service.app import create_app
+        from service.connection_guard import uvicorn_config
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        server = uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port, log_level=log_level))
+        try:
+            server.run()
+        except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+            pass
+        if not server.started:
+            raise typer.Exit(3)  # as uvicorn.run: the application failed to start
         return
     from diffs_store.cli import EXIT_USAGE, fail
 

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         None, ge=1, description="torch intra-op threads; unset keeps torch's default (all cores). Set 1 on shared CPU hosts."
     )
     max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Most tokens (padded) of one request in one batch: a long request queues its batches "
+        "one after the other, so this bounds how long another request waits for its turn.",
+    )
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more inputs of its pair.")
     switch_after_ms: float = Field(50.0, ge=0, description="Stay on the applied pair unless another request waited longer.")
     pristine_copy: bool = Field(
@@ -61,6 +65,24 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(
         120.0, gt=0, description="An upload whose body has not fully arrived in this time is refused (408)."
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must send a complete request head this long after it opens or after its "
+        "previous response, else it is closed (408 when part of a head came): idle and slow-header clients.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive in full this long after its head, else 408 and the "
+        "connection is closed (uploads get CSFT_UPLOAD_TIMEOUT_S): bodies trickled a byte at a time.",
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this.")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="Largest request head (request line and headers); 431 above.")
+    max_connections: int = Field(
+        2048, ge=16, description="Open client connections at most; at the cap a new one evicts the oldest connection "
+        "that is idle or still sending its head (else its body). Lowered to fit the open-file limit, which is raised to its hard limit.",
+    )
+    auth_failures_per_window: int = Field(
+        10, ge=1, description="Failed admin authentications one client may make per window before getting 429."
+    )
+    auth_failure_window_s: float = Field(60.0, gt=0, description="The window of CSFT_AUTH_FAILURES_PER_WINDOW.")
     demo: bool = Field(
         True, description="Install the shipped demo diffs at start when the base is the demo base (service.demo); "
         "false retires the demo entries and installs none.",

@@ -35,8 +35,8 @@ from service.hot_tier import HotTier
 from service.patcher import Patcher, PlanCache, switch_kind
 from service.registry_watch import RegistryWatch
 from service.scheduler import Job, Scheduler
-from service.tasks import ADAPTERS, TaskAdapter
-from service.tasks.common import Prepared
+from service.tasks import TASKS, InputError, Limits, Prepared, TaskIO
+from service.tasks.base import model_window
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,13 @@ class Composition:
         return self.task.id if self.task else self.language.id  # type: ignore[union-attr]
 
     @property
-    def adapter(self) -> TaskAdapter:
-        return ADAPTERS[self.task_type]
+    def io(self) -> TaskIO:
+        return TASKS[self.task_type]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The task head's labels in output order (none for QA and fill-mask)."""
+        return self.task.labels if self.task else ()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -128,6 +133,7 @@ class Engine:
         self._warm_queued = threading.Event()
         # Test hook: called inside the worker right before each forward pass.
         self.before_forward = None
+        self.limits = Limits(model_window(host.tokenizer, host.spec.config, settings.max_seq_len))
         # What the demo installed at start (service.demo.DemoStatus), for /v1/info.
         self.demo = None
 
@@ -321,17 +327,64 @@ class Engine:
 
     # -- prediction ------------------------------------------------------------------------
 
-    def prepare(self, comp: Composition, inputs: list[Any]) -> list[Prepared]:
-        return [comp.adapter.prepare(self.host.tokenizer, raw, self.settings.max_seq_len) for raw in inputs]
+    def prepare(self, comp: Composition, inputs: list[Any], params, names: list[str]) -> list[Prepared]:
+        """Each input as its windows (CPU work: call it off the event loop). A refused input
+        is named (``names[i]``, e.g. ``inputs[2]``) in the error."""
+        prepared = []
+        for raw, name in zip(inputs, names):
+            try:
+                prepared.append(comp.io.prepare(self.host.tokenizer, raw, params, self.limits))
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}", exc.status) from None
+            except (TypeError, ValueError, UnicodeError) as exc:  # what the tokenizer cannot read
+                raise InputError(f"{name}: the tokenizer cannot read it ({type(exc).__name__})") from None
+        return prepared
 
-    async def predict(self, comp: Composition, prepared: list[Prepared]) -> list[dict]:
-        job = Job(key=comp.key, payload=(comp, prepared), size=len(prepared))
-        future = self.scheduler.submit(job)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            future.cancel()  # a job not yet taken is dropped by the worker
-            raise
+    def postprocess(self, comp: Composition, prepared: list[Prepared], outputs: list[list[dict]], params) -> list[Any]:
+        """The task's answers from the windows' outputs (CPU work: off the event loop)."""
+        return [comp.io.postprocess(self.host.tokenizer, p, o, params, comp.labels) for p, o in zip(prepared, outputs)]
+
+    async def predict(self, comp: Composition, windows: list[list[dict]]) -> list[list[dict]]:
+        """Run every input's windows (``windows[i]``: input i's) in the composition; answers
+        the windows' outputs, per input.
+
+        Fair share: a request goes to the worker one batch of windows at a time
+        (``max_batch_size`` of them) and queues its next batch only when the previous one is
+        done, so a request of 64 long documents (hundreds of windows) takes turns with the
+        requests that arrive meanwhile instead of holding the worker for all of them."""
+        chunks = self._turns([w for item in windows for w in item])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_timeout_s
+        outputs: list[dict] = []
+        for chunk in chunks:
+            future = self.scheduler.submit(Job(key=comp.key, payload=(comp, [chunk]), size=len(chunk)))
+            try:
+                done = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                future.cancel()  # a job not yet taken is dropped by the worker
+                raise
+            outputs += done[0]
+        per_input, offset = [], 0
+        for item in windows:
+            per_input.append(outputs[offset : offset + len(item)])
+            offset += len(item)
+        return per_input
+
+    def _turns(self, windows: list[dict]) -> list[list[dict]]:
+        """Windows cut into the batches a request queues one after the other: at most
+        ``max_batch_size`` windows and ``max_batch_tokens`` tokens (padded) each, which
+        bounds how long another request waits for its turn."""
+        turns: list[list[dict]] = [[]]
+        longest = 0
+        for window in windows:
+            n = len(window["input_ids"])
+            full = len(turns[-1]) >= self.settings.max_batch_size
+            if turns[-1] and (full or max(longest, n) * (len(turns[-1]) + 1) > self.settings.max_batch_tokens):
+                turns.append([])
+                longest = 0
+            turns[-1].append(window)
+            longest = max(longest, n)
+        return turns
 
     # -- worker side -----------------------------------------------------------------------
 
@@ -380,23 +433,24 @@ class Engine:
                 tier = self.patcher.activate(key, load_diff)
                 metrics.SWITCHES.labels(kind, tier).inc()
                 metrics.SWITCH_SECONDS.labels(kind, tier).inc(time.perf_counter() - start)
-            prepared = [p for job in jobs for p in job.payload[1]]
+            windows = [w for job in jobs for item in job.payload[1] for w in item]
             forward_start = time.perf_counter()
-            results: list[dict] = []
+            outputs: list[dict] = []
             step = self.settings.max_batch_size
-            for start in range(0, len(prepared), step):
+            for start in range(0, len(windows), step):
                 if self.before_forward is not None:
                     self.before_forward(comp)
-                chunk = prepared[start : start + step]
-                results.extend(comp.adapter.run(model, self.host.tokenizer, chunk, self.host.device))
-            if prepared:
+                outputs.extend(comp.io.forward(model, self.host.tokenizer, windows[start : start + step], self.host.device))
+            if windows:
                 metrics.FORWARD_SECONDS.observe(time.perf_counter() - forward_start)
         except BaseException:
             self.patcher.restore()  # never leave a half-known state behind
             raise
         offset = 0
         for job in jobs:
-            n = job.size
+            per_input = []
+            for item in job.payload[1]:
+                per_input.append(outputs[offset : offset + len(item)])
+                offset += len(item)
             if not job.future.done():
-                job.future.set_result(results[offset : offset + n])
-            offset += n
+                job.future.set_result(per_input)

@@ -45,6 +45,16 @@ HOT_PAIRS = Gauge("csft_hot_pairs", "Pairs with a cached union plan (the hot-pai
 HOT_PLAN_BYTES = Gauge("csft_hot_plan_bytes", "Bytes of the plan cache held by hot pairs' union plans.")
 HOT_PROMOTIONS = Counter("csft_hot_promotions_total", "Union plans built for pairs promoted by use.")
 REGISTRY_UP = Gauge("csft_registry_up", "1 when the last registry poll succeeded (circuit breaker closed).")
+CONNECTIONS_CLOSED = Counter(
+    "csft_connections_closed_total",
+    "Client connections the server closed itself (service.connection_guard): header_timeout, body_timeout, "
+    "header_too_large, evicted (at the connection cap), refused (cap full of requests being answered).",
+    ["reason"],
+)
+OPEN_CONNECTIONS = Gauge("csft_open_connections", "Client connections open now (csft serve, single process).")
+ADMIN_AUTH_REFUSED = Counter(
+    "csft_admin_auth_refused_total", "Admin requests refused: wrong_token (403) or limited (429).", ["reason"]
+)
 
 
 def pair_labels(language: str | None, task: str | None, comp=None) -> tuple[str, str]:

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 class Job:
     key: Hashable
     payload: Any  # whatever the executor needs (the resolved composition, prepared inputs)
-    size: int  # number of inputs, for batch limits
+    size: int  # number of model windows (inputs, or parts of long ones), for batch limits
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 

@@ -61,8 +61,10 @@ def random_diff(
     density: float = 0.05,
     seed: int = 1,
     with_head: bool = True,
+    metrics: dict | None = None,
 ) -> SparseDiff:
-    """A valid diff for ``spec`` with random deltas (and a random head for task diffs)."""
+    """A valid diff for ``spec`` with random deltas (and a random head for task diffs);
+    ``metrics`` as a producer would record them (e.g. ``{"dev": {"hau": {"f1": 0.8}}}``)."""
     gen = torch.Generator().manual_seed(seed)
     sparse = random_sparse(base_params(model), density, gen)
     if kind is DiffKind.LANGUAGE:
@@ -81,7 +83,7 @@ def random_diff(
         dense = {name: torch.randn(layout.shapes[name], generator=gen) * 0.1 for name in sorted(layout.required)}
     nnz = sum(len(s) for s in sparse.values())
     return SparseDiff(
-        meta=DiffMetadata(base_model=spec.name, base_fingerprint=spec.fingerprint, nnz=nnz, **meta),
+        meta=DiffMetadata(base_model=spec.name, base_fingerprint=spec.fingerprint, nnz=nnz, metrics=metrics or {}, **meta),
         sparse=sparse,
         dense=dense,
     )

@@ -81,23 +81,45 @@ def free_port() -> int:
 def running_server(base_dir: Path, data_dir: Path, token: str, **settings: str):
     """A real `csft serve` on a free loopback port, ready when yielded (its URL); ``settings``
     are CSFT_* variables without the prefix (e.g. MAX_BATCH_SIZE="16")."""
+    with server_process(base_dir, data_dir, token, **settings) as (_, url):
+        yield url
+
+
+@contextmanager
+def server_process(base_dir: Path, data_dir: Path, token: str, *args: str, log: Path | None = None,
+                   ready_s: float = 90, own_group: bool = False, **settings: str):
+    """As :func:`running_server`, yielding ``(process, url)``; ``args`` are extra `csft serve`
+    options (e.g. "--replicas", "2"); ``log`` takes the server's output (default: a pipe,
+    read only when it fails to start, so keep the default to servers that log little);
+    ``own_group`` starts it in a process group of its own, as a shell runs a foreground job
+    (so the test can send Ctrl-C's SIGINT to the whole group)."""
     port = free_port()
     env = dict(os.environ, CSFT_BASE_MODEL=str(base_dir), CSFT_DATA_DIR=str(data_dir),
                CSFT_ADMIN_TOKEN=token, CSFT_DEVICE="cpu", **{f"CSFT_{k}": v for k, v in settings.items()})
     env.pop("REDIS_URL", None)
     cli = Path(sys.executable).with_name("csft")
-    proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = open(log, "wb") if log is not None else subprocess.PIPE
+    proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                             *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group)
+
+    def exited() -> str | None:
+        if proc.poll() is None:
+            return None
+        return log.read_text()[-2000:] if log is not None else proc.stdout.read().decode()[-2000:]
+
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, 90, exited=lambda: None if proc.poll() is None else proc.stdout.read().decode()[-2000:])
-        yield url
+        wait_ready(url, ready_s, exited=exited)
+        yield proc, url
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
-            proc.wait(20)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log is not None:
+            out.close()
 
 
 def upload(url: str, token: str, name: str, data: bytes) -> httpx.Response:

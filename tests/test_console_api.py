@@ -1,6 +1,7 @@
 """What the console needs from the server, without a browser: the page and its files are
-served from the package (and name no outside host), /v1/info and /v1/catalog answer, the
-language-name table covers the MasakhaNER languages."""
+served from the package (and name no outside host), /v1/info and /v1/catalog answer (with
+each task's source language and each diff's recorded dev scores), the language-name table
+covers the MasakhaNER languages, every refusal code has the console's words."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 from service.console import STATIC
-from service_fixtures import post_diff
+from service_fixtures import AUTH, post_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 MASAKHANER = ["hau", "ibo", "yor", "swa", "pcm", "amh", "kin", "lug", "luo", "wol"]
@@ -76,3 +77,51 @@ def test_catalog_gives_latest_versions_and_heads(loaded, tiny_base_dir):
     assert languages["wol"]["task_type"] is None  # cannot answer alone: the matrix greys it out
     assert [t["task"] for t in body["tasks"]] == ["ner", "nli", "pos", "qa"]
     assert body["tasks"][0]["labels"][0] == "O"
+
+
+def test_catalog_and_tasks_carry_source_language_and_dev_scores(app_client, tiny_base_dir):
+    """What the console shows beside each pair: the task's source language and each diff's
+    recorded dev scores (the `dev` part of its metadata `metrics`); the admin list keeps all."""
+    from diffs_store.base import load_base_model
+    from diffs_store.metadata import DiffKind, TaskType
+    from factories import random_diff
+
+    model, spec = load_base_model(str(tiny_base_dir))
+    ner_metrics = {"train": {"steps": 10}, "dev": {"hau": {"f1": 0.81, "accuracy": 0.96}}}
+    diffs = [
+        random_diff(model, spec, DiffKind.TASK, language="hau", task="ner", seed=1, metrics=ner_metrics),
+        random_diff(model, spec, DiffKind.TASK, language=None, task="nli", task_type=TaskType.SEQUENCE_CLASSIFICATION,
+                    labels=("entailment", "neutral", "contradiction"), seed=2),  # several sources, nothing recorded
+        random_diff(model, spec, DiffKind.LANGUAGE, language="pcm", seed=3, metrics={"dev": {"perplexity": 12.2}}),
+    ]
+    for diff in diffs:
+        assert post_diff(app_client, diff.to_bytes()).status_code == 201
+    catalog = app_client.get("/v1/catalog").json()
+    tasks = {t["task"]: t for t in catalog["tasks"]}
+    assert tasks["ner"]["source_language"] == "hau" and tasks["ner"]["dev_metrics"] == ner_metrics["dev"]
+    assert tasks["nli"]["source_language"] is None and tasks["nli"]["dev_metrics"] == {}
+    assert catalog["languages"][0]["language"] == "pcm" and catalog["languages"][0]["dev_metrics"] == {"perplexity": 12.2}
+    assert app_client.get("/v1/tasks").json()["tasks"] == catalog["tasks"]
+    listed = {d["key"]: d for d in app_client.get("/v1/admin/diffs", headers=AUTH).json()["diffs"]}
+    assert listed["ner"]["metrics"] == ner_metrics and listed["nli"]["metrics"] == {}
+
+
+def test_entries_published_before_metrics_were_kept_read_as_none_recorded():
+    from diffs_store.registry import Entry
+
+    row = {"id": "a" * 64, "kind": "task", "key": "ner", "version": "1", "base_fingerprint": "sha256:" + "0" * 64,
+           "base_model": "tiny", "language": "hau", "task": "ner", "task_type": "token-classification",
+           "labels": '["O", "B-PER"]', "nnz": "3", "size": "10", "created_at": "2026-01-01T00:00:00+00:00",
+           "published_at": "2026-01-01T00:00:00+00:00"}
+    entry = Entry.from_hash(row)
+    assert entry.metrics == {} and entry.dev_metrics == {} and entry.to_dict()["metrics"] == {}
+    assert Entry.from_hash({**row, "metrics": '{"dev": {"hau": {"f1": 0.5}}}'}).dev_metrics == {"hau": {"f1": 0.5}}
+
+
+def test_refusal_codes_the_console_words_are_the_servers():
+    """Every refusal code the diff store raises has a sentence in the console, and no other."""
+    from diffs_store import errors
+
+    codes = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)} - {errors.BAD_REFERENCE}
+    worded = set(re.findall(r"^\s+([a-z_]+): \"", (STATIC / "refusals.js").read_text(), re.MULTILINE))
+    assert worded == codes

@@ -676,3 +676,10 @@ def test_both_images_pin_the_same_torch_and_transformers():
         pins.append({k: _re.search(rf"^ARG {k}=(\S+)$", text, _re.M).group(1) for k in ("TORCH_VERSION", "TRANSFORMERS_VERSION")})
         assert '"transformers==${TRANSFORMERS_VERSION}"' in text
     assert pins[0] == pins[1], pins
+
+
+def test_the_ray_service_has_time_to_stop_gracefully(compose_resolved):
+    """SIGTERM to the Ray driver stops Serve, then Ray (10-19 s measured by
+    tests/test_stop_tree.py); compose's default 10 s would SIGKILL it halfway."""
+    grace = compose_resolved["services"]["service-ray"].get("stop_grace_period", "10s")
+    assert grace.endswith("s") and int(grace[:-1]) >= 30, grace

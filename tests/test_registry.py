@@ -154,7 +154,7 @@ def test_versions_per_key_and_per_base(reg, base_a, base_b):
     assert reg.languages(fp_a) == ["hau", "swa"] and reg.languages(fp_b) == ["hau"]
     assert reg.tasks(fp_a) == [
         {"task": "ner", "task_type": "token-classification", "labels": list(ner[1].labels),
-         "latest_version": 2, "id": ner[1].id, "demo": False}
+         "latest_version": 2, "id": ner[1].id, "source_language": ner[1].language, "dev_metrics": {}, "demo": False}
     ]
     assert reg.tasks(fp_b) == []
     assert reg.pairs(fp_a) == [

@@ -65,7 +65,7 @@ def upload(url: str, data: bytes, name: str) -> dict:
 
 def predict(url: str, language: str, task: str, inputs: list, routing: str | None = None) -> httpx.Response:
     headers = {ROUTING_HEADER: routing} if routing else {}
-    return httpx.post(f"{url}/v1/predict", json={"language": language, "task": task, "inputs": inputs},
+    return httpx.post(f"{url}/v1/predict", json={"language": language, "task": task, "inputs": inputs, "return_logits": True},
                       headers=headers, timeout=60)
 
 
@@ -83,7 +83,7 @@ def serve_on_every_replica(url, language, task, rng, tries: int = 20, burst: int
 
     async def one_burst(client: httpx.AsyncClient) -> list[tuple[list, httpx.Response]]:
         batch = [[make_input(task, rng)] for _ in range(burst)]
-        sent = [client.post("/v1/predict", json={"language": language, "task": task, "inputs": x},
+        sent = [client.post("/v1/predict", json={"language": language, "task": task, "inputs": x, "return_logits": True},
                             headers={ROUTING_HEADER: "random"}) for x in batch]
         return list(zip(batch, await asyncio.gather(*sent)))
 
@@ -120,7 +120,7 @@ def test_pairs_match_merge_and_stick_to_their_replica(app_url, tiny_base_dir, ti
 
             async def one(l, t, x):
                 async with sem:
-                    return await client.post("/v1/predict", json={"language": l, "task": t, "inputs": x})
+                    return await client.post("/v1/predict", json={"language": l, "task": t, "inputs": x, "return_logits": True})
 
             return await asyncio.gather(*[one(*req) for req in requests])
 
@@ -200,7 +200,7 @@ def test_replica_killed_under_traffic_loses_no_retried_request(app_url, tiny_bas
                         kill_replica(victim)
                     for attempt in range(20):  # the client retries what was not answered
                         try:
-                            r = await client.post("/v1/predict", json={"language": l, "task": t, "inputs": x})
+                            r = await client.post("/v1/predict", json={"language": l, "task": t, "inputs": x, "return_logits": True})
                             if r.status_code == 200:
                                 attempts.append(attempt)
                                 return r.json()["predictions"]

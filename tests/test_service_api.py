@@ -31,7 +31,16 @@ def test_predict_each_task_type(loaded):
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went to lagos"]})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["diffs"]["language"]["version"] == 1 and len(body["predictions"][0]["labels"]) == 4
+    assert body["diffs"]["language"]["version"] == 1
+    for entity in body["predictions"][0]["entities"]:  # character offsets into the input
+        assert "john went to lagos"[entity["start"] : entity["end"]] == entity["word"]
+        assert entity["entity_group"] in ("PER", "LOC", "ORG") and 0 < entity["score"] <= 1
+    assert "logits" not in body["predictions"][0]
+    r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went"], "return_logits": True,
+                                         "parameters": {"aggregation_strategy": "none", "ignore_labels": []}})
+    prediction = r.json()["predictions"][0]
+    assert [e["word"] for e in prediction["entities"]] == ["john", "went"]
+    assert len(prediction["logits"]) == 1 and len(prediction["logits"][0]) == 4  # one window: [CLS] john went [SEP]
     r = loaded.post("/v1/predict", json={"language": "swa", "task": "nli", "inputs": [{"text": "john went", "text_pair": "mary went"}]})
     assert r.json()["predictions"][0]["label"] in ("entailment", "neutral", "contradiction")
     r = loaded.post("/v1/predict", json={"task": "qa", "inputs": [{"question": "who went", "context": "john went to lagos"}]})
@@ -50,11 +59,26 @@ def test_unknown_language_or_task_is_404_naming_what_exists(loaded):
 
 
 def test_malformed_bodies_are_422(loaded):
+    pristine = state_sha(loaded.app.state.engine.host.params)
     assert loaded.post("/v1/predict", json={"language": "hau", "task": "ner"}).status_code == 422
     assert loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": "john"}).status_code == 422
     assert loaded.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
-    r = loaded.post("/v1/predict", json={"language": "hau", "task": "qa", "inputs": ["not an object"]})
-    assert r.status_code == 422 and "question" in r.json()["detail"]
+    r = loaded.post("/v1/predict", json={"language": "hau", "task": "qa", "inputs": [{"question": "who", "context": "john"}, "not an object"]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("inputs[1]: ") and "question" in r.json()["detail"]
+    r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["x"], "parameters": {"top_k": 3}})
+    assert r.status_code == 422 and "parameters.top_k" in r.json()["detail"]
+    r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["x"], "parameters": {"aggregation_strategy": "most"}})
+    assert r.status_code == 422 and "parameters.aggregation_strategy" in r.json()["detail"]
+    r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["x"], "extra": 1})
+    assert r.status_code == 422 and "extra" in str(r.json()["detail"])
+    r = loaded.post("/models/hau/ner", json={"inputs": "john", "parameters": {"stride": 500}})
+    assert r.status_code == 422 and "parameters.stride" in r.json()["detail"]
+    r = loaded.post("/models/hau/ner", json={"inputs": ["john", 7]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("inputs[1]: ")
+    r = loaded.post("/models/hau/ner", content='{"inputs": "john \\ud800"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("inputs: ")
+    # Refused before the worker: nothing was patched, nothing queued.
+    assert loaded.app.state.engine.patcher.active is None and state_sha(loaded.app.state.engine.host.params) == pristine
     r = loaded.post("/v1/predict", json={"language": "english!", "task": "ner", "inputs": ["x"]})
     assert r.status_code == 422 and "language tag" in r.json()["detail"]
 
@@ -62,8 +86,13 @@ def test_malformed_bodies_are_422(loaded):
 def test_limits_are_413_with_the_limit(loaded):
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john"] * 5})
     assert r.status_code == 413 and "limit is 4" in r.json()["detail"]
-    r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went " * 10]})
-    assert r.status_code == 413 and "16 tokens" in r.json()["detail"]
+    r = loaded.post("/v1/predict", json={"language": "yor", "inputs": ["john [MASK] " * 10]})
+    assert r.status_code == 413 and "16" in r.json()["detail"] and "inputs[0]" in r.json()["detail"]
+    # Longer than the model's window: a token-classification text runs as overlapping windows.
+    text = "john went to lagos " * 10
+    r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": [text], "return_logits": True})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["logits"]) > 2
+    assert all(e["end"] <= len(text) for e in r.json()["predictions"][0]["entities"])
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["x" * 201]})
     assert r.status_code == 413 and "200" in r.json()["detail"]
 
@@ -125,7 +154,7 @@ def test_forward_failure_restores_weights_and_service_recovers(loaded):
     loaded.post("/v1/predict", json={"language": "swa", "task": "pos", "inputs": ["mary"]})  # apply another pair
     engine.before_forward = boom
     r = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went to lagos"]})
-    assert r.status_code == 500 and "injected failure" in r.json()["detail"]
+    assert r.status_code == 500 and "RuntimeError" in r.json()["detail"]
     assert engine.patcher.active is None and state_sha(engine.host.params) == pristine
     again = loaded.post("/v1/predict", json={"language": "hau", "task": "ner", "inputs": ["john went to lagos"]}).json()
     assert again["predictions"] == ok["predictions"]
@@ -203,3 +232,36 @@ def test_uploaded_diffs_are_planned_before_their_first_request(tiny_base_dir, ti
         cold = client.post("/v1/predict", json={"language": "yor", "task": "pos", "inputs": ["john went to lagos"]})
     assert warm.status_code == cold.status_code == 200
     assert warm.json()["predictions"] == cold.json()["predictions"]
+
+
+def test_a_heavy_request_takes_turns_with_a_light_one(loaded):
+    """Fair share: a request of many windows goes to the worker a batch at a time, so a
+    light request sent while it runs is answered long before it ends."""
+    import threading
+    import time
+
+    engine = loaded.app.state.engine
+    engine.settings.max_batch_size = 4
+    forwards: list[str] = []
+
+    def slow(comp):
+        forwards.append(comp.task.key)
+        time.sleep(0.05)
+
+    engine.before_forward = slow
+    heavy = {"language": "hau", "task": "ner", "inputs": ["john went to lagos " * 8] * 4}  # 4 inputs x 4+ windows
+    done: dict[str, float] = {}
+
+    def send(name, body):
+        assert loaded.post("/v1/predict", json=body).status_code == 200
+        done[name] = time.monotonic()
+
+    t = threading.Thread(target=send, args=("heavy", heavy))
+    t.start()
+    while len(forwards) < 1:
+        time.sleep(0.005)
+    send("light", {"language": "hau", "task": "pos", "inputs": ["mary"]})
+    t.join()
+    engine.before_forward = None
+    assert done["light"] < done["heavy"]
+    assert forwards.index("pos") < len(forwards) - 2  # served between the heavy request's batches

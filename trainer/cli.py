@@ -204,8 +204,12 @@ def read_task_data(path: Path, task_type: str, fmt: Optional[str], opts: dict) -
     from trainer import data as d
 
     if fmt is None:
-        fmt = {"sequence-classification": "classification", "question-answering": "squad"}.get(task_type)
-        fmt = fmt or ("conllu" if path.suffix == ".conllu" else "conll")
+        from diffs_store.metadata import TaskType
+        from trainer.task_types import trainer_task
+
+        fmt = trainer_task(TaskType(task_type)).data_format
+        if fmt == "conll" and path.suffix == ".conllu":
+            fmt = "conllu"
     if fmt == "conll":
         return d.read_conll(path, token_column=opts["token_column"], tag_column=opts["tag_column"])
     if fmt == "conllu":

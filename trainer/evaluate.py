@@ -197,16 +197,9 @@ def predict_classes(
 
 def evaluate_model(model: PreTrainedModel, tokenizer, task_type: TaskType, data: Sequence, **kw) -> dict[str, float]:
     """Score ``model`` on labelled ``data`` (examples of the task type's reader)."""
-    if task_type is TaskType.TOKEN_CLASSIFICATION:
-        return tagging_scores([s.tags for s in data], predict_tags(model, tokenizer, data, **kw))
-    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
-        pred = predict_classes(model, tokenizer, data, **kw)
-        return {"accuracy": sum(p == e.label for p, e in zip(pred, data)) / max(len(data), 1)}
-    if task_type is TaskType.QUESTION_ANSWERING:
-        from trainer.data.squad import qa_predict, squad_scores
+    from trainer.task_types import trainer_task
 
-        return squad_scores(list(data), qa_predict(model, tokenizer, list(data), **kw))
-    raise ValueError(f"no evaluation for task type {task_type.value}")
+    return trainer_task(task_type).evaluate(model, tokenizer, data, **kw)
 
 
 def load_diffs(paths: Sequence[str | Path], spec) -> list[SparseDiff]:

@@ -41,14 +41,13 @@ from diffs_store.heads import head_layout, pretrained_head
 from diffs_store.metadata import DiffKind, DiffMetadata, TaskType
 from diffs_store.validate import check_against_base
 from trainer import lt_sft
-from trainer.data.classification import class_labels
-from trainer.data.conll import label_list
-from trainer.data.encode import SourceCollator, collator_for, encode_classification, encode_mlm, encode_tagged
+from trainer.data.encode import SourceCollator, collator_for, encode_mlm
 from trainer.evaluate import evaluate_model
 from trainer.hf import SOURCE_KEY, LtSftTrainer, run_full_finetune, run_lt_sft, training_arguments
 from trainer.models import build_model, frozen_encoder, mlm_loss, untie_and_freeze_decoder
 from trainer.multisource import LanguageSwitch, SourceBatchSampler, sparse_part_for
 from trainer.recipe import PhaseLength, Recipe, resolve_k
+from trainer.task_types import trainer_task
 
 log = logging.getLogger(__name__)
 
@@ -283,24 +282,12 @@ def language_head(model: PreTrainedModel, base: "Base", *, store_decoder: bool =
 
 
 def task_labels(task_type: TaskType, examples: Sequence) -> tuple[str, ...]:
-    if task_type is TaskType.TOKEN_CLASSIFICATION:
-        return label_list(list(examples))
-    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
-        return class_labels(list(examples))
-    return ()
+    return trainer_task(task_type).labels(list(examples))
 
 
 def encode_task(task_type: TaskType, tokenizer, examples: Sequence, labels: tuple[str, ...], max_len: int) -> list[dict]:
     label2id = {label: i for i, label in enumerate(labels)}
-    if task_type is TaskType.TOKEN_CLASSIFICATION:
-        return encode_tagged(tokenizer, examples, label2id, max_len)
-    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
-        return encode_classification(tokenizer, examples, label2id, max_len)
-    if task_type is TaskType.QUESTION_ANSWERING:
-        from trainer.data.squad import qa_train_features
-
-        return qa_train_features(tokenizer, list(examples), max_len)
-    raise ValueError(f"{task_type.value} is not a task for a task diff")
+    return trainer_task(task_type).encode(tokenizer, examples, label2id, max_len)
 
 
 def _task_setup(base: Base, task_type: TaskType, sources: Sequence[Source], labels, recipe: Recipe):

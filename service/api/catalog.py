@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from service.api.deps import get_engine
+from service.api.inference import inference_path
 from service.engine import Engine, RegistryDown
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -37,6 +38,12 @@ async def tasks(engine: Engine = Depends(get_engine)) -> dict:
 
 
 @router.get("/pairs")
-async def pairs(engine: Engine = Depends(get_engine)) -> dict:
+async def pairs(request: Request, engine: Engine = Depends(get_engine)) -> dict:
+    """Every (language, task) combination, each with the URL of its Hugging Face Inference
+    API route (give it to ``InferenceClient(model=...)``)."""
     found = await registry_call(engine, lambda: engine.registry.pairs(engine.fingerprint))
-    return {"base_fingerprint": engine.fingerprint, "pairs": [{"language": l, "task": t} for l, t in found]}
+    root = str(request.base_url).rstrip("/")
+    return {"base_fingerprint": engine.fingerprint, "pairs": [
+        {"language": l, "task": t, "inference_path": inference_path(l, t), "inference_url": root + inference_path(l, t)}
+        for l, t in found
+    ]}

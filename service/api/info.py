@@ -1,5 +1,6 @@
 """GET /v1/info (what is loaded, cache use, counters) and GET /v1/catalog (languages and tasks
-with their latest versions): the two views the web console needs that the other routes lack."""
+with their latest versions, source languages and recorded dev scores): the two views the web
+console needs that the other routes lack."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _language_rows(engine: Engine) -> list[dict]:
             continue
         # a language answers alone (fill-mask) only when its diff carries an MLM head
         rows.append({"language": language, "latest_version": e.version, "id": e.id,
-                     "task_type": e.task_type.value if e.task_type else None, "demo": e.demo})
+                     "task_type": e.task_type.value if e.task_type else None, "dev_metrics": e.dev_metrics, "demo": e.demo})
     return rows
 
 

@@ -1,91 +1,82 @@
-"""POST /v1/predict: one composition, many inputs."""
+"""POST /v1/predict: one composition, many inputs, with the diffs that answered.
+
+Answers are the transformers pipelines' (character offsets, entity groups, scores; see
+``service/tasks``) in an object per input; logits only when asked for. The Hugging Face
+Inference API's shapes, one input at a time, are at ``/models/...`` (service.api.inference).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
+from typing import Any, Union
 
-from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from service import metrics
 from service.api.deps import get_engine
-from service.engine import Engine, RegistryDown, UnknownPair, Unservable
-from service.tasks import InputError
+from service.api.serving import ERRORS, json_response, run
+from service.engine import Engine
+from service.tasks.fill_mask.schema import FillMaskPrediction
+from service.tasks.question_answering.schema import QuestionAnsweringPrediction
+from service.tasks.sequence_classification.schema import SequenceClassificationPrediction
+from service.tasks.token_classification.schema import TokenClassificationPrediction
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"language": "hau", "task": "ner", "inputs": ["Shugaba Muhammadu Buhari ya isa Kano"],
+         "parameters": {"aggregation_strategy": "simple"}},
+        {"language": "swa", "task": "nli", "inputs": [{"text": "Watoto wanacheza", "text_pair": "Watoto wamelala"}]},
+        {"task": "qa", "inputs": [{"question": "Where does Mary live?", "context": "Mary lives in Lagos."}],
+         "parameters": {"top_k": 2}},
+    ]})
+
     language: str | None = Field(None, description="Target language (BCP-47 / ISO 639), e.g. 'hau'. Omit to use the task diff alone.")
     task: str | None = Field(None, description="Task name, e.g. 'ner'. Omit for fill-mask with a language's MLM head.")
     inputs: list[Any] = Field(
         ..., min_length=1,
-        description="Per task type: token-classification: text or list of words; sequence-classification: "
-        "text or {text, text_pair}; question-answering: {question, context}; fill-mask: text with the mask token.",
+        description="Per task type: token-classification: a text (or a list of words, joined by spaces); "
+        "sequence-classification: a text or {text, text_pair}; question-answering: {question, context}; "
+        "fill-mask: a text with the mask token.",
     )
+    parameters: dict[str, Any] | None = Field(
+        None, description="The task type's parameters, as the Hugging Face Inference API names them "
+        "(token-classification: aggregation_strategy, ignore_labels, stride; sequence-classification: top_k, "
+        "function_to_apply; question-answering: top_k, doc_stride, max_answer_len, max_question_len, max_seq_len, "
+        "handle_impossible_answer, align_to_words; fill-mask: top_k, targets). An unknown one is a 422.",
+    )
+    return_logits: bool = Field(False, description="Add the model's logits per window to each prediction.")
+
+
+class DiffRef(BaseModel):
+    id: str
+    version: int
+
+
+Prediction = Union[TokenClassificationPrediction, SequenceClassificationPrediction,
+                   QuestionAnsweringPrediction, FillMaskPrediction]
 
 
 class PredictResponse(BaseModel):
     language: str | None
     task: str | None
     task_type: str
-    diffs: dict[str, dict[str, Any]]
-    predictions: list[dict[str, Any]]
+    diffs: dict[str, DiffRef] = Field(description="The diffs that answered, by kind (language, task).")
+    predictions: list[Prediction] = Field(description="One per input, in order; the object of the task type.")
 
 
-def _chars(raw: Any) -> int:
-    if isinstance(raw, str):
-        return len(raw)
-    if isinstance(raw, list):
-        return sum(_chars(x) for x in raw)
-    if isinstance(raw, dict):
-        return sum(_chars(v) for v in raw.values())
-    return 0
-
-
-@router.post("/predict", response_model=PredictResponse)
-async def predict(body: PredictRequest, engine: Engine = Depends(get_engine)) -> PredictResponse:
-    start = time.perf_counter()
-    comp = None
-    code = 500
-    try:
-        limits = engine.settings
-        if len(body.inputs) > limits.max_inputs:
-            raise HTTPException(413, f"{len(body.inputs)} inputs; the limit is {limits.max_inputs} per request")
-        for i, raw in enumerate(body.inputs):
-            if _chars(raw) > limits.max_input_chars:
-                raise HTTPException(413, f"input {i} is {_chars(raw)} characters; the limit is {limits.max_input_chars}")
-        try:
-            comp = await engine.resolve(body.language, body.task)
-            prepared = engine.prepare(comp, body.inputs)
-        except UnknownPair as exc:
-            raise HTTPException(404, str(exc)) from None
-        except Unservable as exc:
-            raise HTTPException(422, str(exc)) from None
-        except RegistryDown as exc:
-            raise HTTPException(503, str(exc)) from None
-        except InputError as exc:
-            raise HTTPException(exc.status, str(exc)) from None
-        try:
-            predictions = await engine.predict(comp, prepared)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"no answer within {limits.request_timeout_s} s") from None
-        except Exception as exc:  # the worker has already restored the base; say what failed
-            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from None
-        code = 200
-        return PredictResponse(
-            language=comp.language.key if comp.language else None,
-            task=comp.task.key if comp.task else None,
-            task_type=comp.task_type.value,
-            diffs=comp.describe(),
-            predictions=predictions,
-        )
-    except HTTPException as exc:
-        code = exc.status_code
-        raise
-    finally:
-        labels = metrics.pair_labels(body.language, body.task, comp)
-        metrics.REQUESTS.labels(*labels, str(code)).inc()
-        metrics.LATENCY.labels(*labels).observe(time.perf_counter() - start)
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict(body: PredictRequest, engine: Engine = Depends(get_engine)) -> Response:
+    names = [f"inputs[{i}]" for i in range(len(body.inputs))]
+    result = await run(engine, body.language, body.task, body.inputs, body.parameters, names)
+    comp = result.comp
+    io = comp.io
+    return await json_response(lambda: {
+        "language": comp.language.key if comp.language else None,
+        "task": comp.task.key if comp.task else None,
+        "task_type": comp.task_type.value,
+        "diffs": comp.describe(),
+        "predictions": [io.predict_view(a, o, body.return_logits) for a, o in zip(result.answers, result.outputs)],
+    })

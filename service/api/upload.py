@@ -18,6 +18,8 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
+from service.connection_guard import EXTEND_BODY_DEADLINE
+
 # Room for the multipart framing around the file (boundaries, part headers).
 MULTIPART_OVERHEAD = 64 * 1024
 # Errors sent while the client may still be sending: close the connection rather than
@@ -97,6 +99,11 @@ async def read_diff_upload(request: Request, cap: int, timeout_s: float) -> byte
     part = _FilePart(cap)
     parser = MultipartParser(boundary, part.callbacks())
     limit = cap + MULTIPART_OVERHEAD
+    # The server's body deadline (CSFT_BODY_TIMEOUT_S) is for ordinary requests; an authorised
+    # upload may take this route's own, longer deadline, which answers 408 itself.
+    extend_deadline = request.scope.get("extensions", {}).get(EXTEND_BODY_DEADLINE)
+    if extend_deadline is not None:
+        extend_deadline(timeout_s + 2)
 
     async def consume() -> None:
         received = 0

@@ -47,14 +47,14 @@ class RoutedEngine(Engine):
         self.model = model
         self.routing = routing
 
-    async def predict(self, comp: Composition, prepared: list) -> list[dict]:
+    async def predict(self, comp: Composition, windows: list) -> list[list[dict]]:
         route = _route.get() or {}
         if (route.get("routing") or self.routing) == "affinity":
             handle = self.model.options(multiplexed_model_id=pair_id(*_names(comp)))
         else:
             handle = self.model
         for attempt in range(ATTEMPTS):
-            response = handle.predict.remote(comp, prepared)
+            response = handle.predict.remote(comp, windows)
             try:
                 reply: PairReply = await asyncio.wait_for(response, self.settings.request_timeout_s)
                 break

@@ -89,13 +89,13 @@ class PairModel:
         self._catalog_pairs = catalog_size(combos)
         self._fit_capacity()
 
-    async def predict(self, comp: Composition, prepared: list) -> PairReply:
+    async def predict(self, comp: Composition, windows: list) -> PairReply:
         """Serve one request of a composition the ingress resolved (its diff ids are what
         runs, so ingress and replica cannot disagree on versions)."""
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.load_pair(model_id)
-        predictions = await self.engine.predict(comp, prepared)
+        predictions = await self.engine.predict(comp, windows)
         return PairReply(predictions, self.replica, switch_count(), self.engine.scheduler.depth)
 
     def capacity(self) -> int | None:

@@ -28,7 +28,7 @@ class PairReply:
     applied-composition changes, and ``queue_depth`` the requests still waiting for its
     worker, both read after this request was served."""
 
-    predictions: list[dict[str, Any]]
+    predictions: list[list[dict[str, Any]]]  # per input, per window: the model outputs kept
     replica: str
     switches: int
     queue_depth: int = 0

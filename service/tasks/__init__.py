@@ -1,23 +1,19 @@
-"""Pre- and post-processing per task type.
+"""Task types: one folder each (``params.py`` the Inference API parameters, ``io.py`` pre-
+and post-processing, ``schema.py`` the answer shapes), registered here.
 
-Each task type has a :class:`~service.tasks.common.TaskAdapter`: ``prepare`` runs in the
-request handler (validates and tokenizes one input, so a bad or over-long input is refused
-before it is queued) and ``run`` runs in the model worker on a micro-batch of prepared
-inputs that share one composition.
+Adding a task type is a folder with a :class:`~service.tasks.base.TaskIO` and a line in
+``TASKS`` (plus its training data reader in ``trainer/data``).
 """
 
 from diffs_store.metadata import TaskType
-from service.tasks.common import InputError, TaskAdapter
+from service.tasks.base import InputError, Limits, Params, Prepared, TaskIO
 from service.tasks.fill_mask import FillMask
 from service.tasks.question_answering import QuestionAnswering
 from service.tasks.sequence_classification import SequenceClassification
 from service.tasks.token_classification import TokenClassification
 
-ADAPTERS: dict[TaskType, TaskAdapter] = {
-    TaskType.TOKEN_CLASSIFICATION: TokenClassification(),
-    TaskType.SEQUENCE_CLASSIFICATION: SequenceClassification(),
-    TaskType.QUESTION_ANSWERING: QuestionAnswering(),
-    TaskType.FILL_MASK: FillMask(),
+TASKS: dict[TaskType, TaskIO] = {
+    io.task_type: io for io in (TokenClassification(), SequenceClassification(), QuestionAnswering(), FillMask())
 }
 
-__all__ = ["ADAPTERS", "InputError", "TaskAdapter"]
+__all__ = ["TASKS", "InputError", "Limits", "Params", "Prepared", "TaskIO"]

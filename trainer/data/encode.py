@@ -11,9 +11,6 @@ from typing import Any, Callable, Sequence
 
 from transformers import (
     DataCollatorForLanguageModeling,
-    DataCollatorForTokenClassification,
-    DataCollatorWithPadding,
-    default_data_collator,
 )
 
 from diffs_store.metadata import TaskType
@@ -92,11 +89,9 @@ def collator_for(task_type: TaskType, tokenizer, *, mlm_probability: float = 0.1
     """The padding/masking collator for a task type. ``seed`` fixes MLM masking (dev loss)."""
     if task_type is TaskType.FILL_MASK:
         return DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
-    if task_type is TaskType.TOKEN_CLASSIFICATION:
-        return DataCollatorForTokenClassification(tokenizer)
-    if task_type is TaskType.SEQUENCE_CLASSIFICATION:
-        return DataCollatorWithPadding(tokenizer)
-    return default_data_collator  # QA features are padded to max length already
+    from trainer.task_types import trainer_task
+
+    return trainer_task(task_type).collator(tokenizer)
 
 
 class SourceCollator:

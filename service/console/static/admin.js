@@ -5,6 +5,8 @@
 import { adminToken, getJSON, request, uploadDiff } from "./api.js";
 import { languageName, refresh } from "./catalog.js";
 import { $, formatBytes, h, say, shortId, when } from "./dom.js";
+import { devDetail, devSummary } from "./figures.js";
+import { describeRefusal } from "./refusals.js";
 
 function showInspect(entry) {
   const pre = $("diff-inspect");
@@ -38,7 +40,10 @@ function row(entry) {
   const key = entry.kind === "language" ? languageName(entry.key) : entry.key;
   return h("tr", { "data-id": entry.id },
     h("td", {}, entry.kind), h("td", {}, key), h("td", {}, `v${entry.version}`),
-    h("td", {}, entry.task_type || ""), h("td", { class: "num" }, entry.nnz.toLocaleString()),
+    h("td", {}, entry.task_type || ""),
+    h("td", { class: "source" }, entry.kind === "task" && entry.language ? languageName(entry.language) : ""),
+    h("td", { class: "dev", title: devDetail(entry.metrics?.dev) || null }, devSummary(entry.metrics?.dev)),
+    h("td", { class: "num" }, entry.nnz.toLocaleString()),
     h("td", { class: "num" }, formatBytes(entry.size)), h("td", { class: "nowrap", title: entry.published_at }, when(entry.published_at)),
     h("td", {}, h("code", { title: entry.id }, shortId(entry.id))),
     h("td", {}, h("span", { class: "row-actions" },
@@ -48,7 +53,7 @@ function row(entry) {
 
 async function reload() {
   const { diffs } = await getJSON("v1/admin/diffs", { admin: true });
-  const header = ["kind", "language / task", "version", "task type", "nnz", "size", "published", "id", ""];
+  const header = ["kind", "language / task", "version", "task type", "trained on", "dev scores", "nnz", "size", "published", "id", ""];
   $("diff-list").replaceChildren(diffs.length
     ? h("table", { id: "diff-table" },
       h("thead", {}, h("tr", {}, header.map((c) => h("th", { scope: "col" }, c)))),
@@ -68,8 +73,10 @@ async function upload(file) {
     say(message, `Published ${entry.kind} ${entry.key} v${entry.version} (${shortId(entry.id)}).`);
     await reload();
   } catch (err) {
+    const { sentence, detail } = describeRefusal(err.status, err.message);
     message.className = "error";
-    say(message, err.message); // the server's refusal, as it sent it
+    message.replaceChildren(sentence, h("br"), h("small", { id: "upload-detail", class: "muted" }, detail));
+    message.hidden = false;
   } finally {
     progress.hidden = true;
   }

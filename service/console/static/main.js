@@ -23,7 +23,7 @@ async function main() {
   showTab();
   window.addEventListener("hashchange", showTab);
   initPlayground();
-  initMatrix((language, task) => { tryPair(language, task); location.hash = "#playground"; });
+  initMatrix((language, task) => { location.hash = "#playground"; tryPair(language, task); });
   try {
     const [info] = await Promise.all([fetchInfo(), loadNames()]);
     setMaskToken(info.mask_token);

@@ -1,9 +1,11 @@
 // Matrix: every language x task of the loaded base, servable or not, with the versions that
-// would answer; a click on a servable cell opens the pair in the playground.
+// would answer, each task's source language and each diff's dev scores; a click on a
+// servable cell runs the pair's example in the playground.
 
 import { getJSON } from "./api.js";
 import { languageName, onCatalog, pairType } from "./catalog.js";
 import { $, h } from "./dom.js";
+import { about, devDetail } from "./figures.js";
 
 // The demo pairs' measured quality (GET /v1/info, demo.quality), keyed "language|task".
 let quality = {};
@@ -31,7 +33,9 @@ function cell(language, task, versions, onTry) {
     return h("td", { class: "cell off", title: why }, h("span", { "aria-label": `not servable: ${why}` }, "—"));
   }
   const who = `${language.language ? languageName(language.language) : "no language diff"} with ${task.task || "its MLM head"}`;
-  return h("td", { class: "cell on" },
+  const recorded = [task.about && `${task.task}: ${task.about}`, language.about && `${language.label}: ${language.about}`]
+    .filter(Boolean).join("; ");
+  return h("td", { class: "cell on", title: recorded || null },
     h("button", {
       type: "button", class: "cell-button", "data-language": language.language, "data-task": task.task,
       "aria-label": `Try ${who}`, onclick: () => onTry(language.language, task.task),
@@ -40,18 +44,22 @@ function cell(language, task, versions, onTry) {
 
 const version = (entry) => (entry.latest_version ? `v${entry.latest_version}${entry.demo ? " demo" : ""}` : "");
 
+/** The header's second line: source language and dev scores, the full scores as a tooltip. */
+const aboutLine = (entry) => (entry.about
+  ? [h("br"), h("span", { class: "muted about", title: devDetail(entry.dev_metrics) || null }, entry.about)] : null);
+
 function draw({ languages, tasks }, onTry) {
   if (!languages.length && !tasks.length) {
     $("matrix-table").replaceChildren(h("p", { class: "muted" }, "No diffs are deployed for this base yet."));
     return;
   }
-  const columns = [...tasks.map((t) => ({ ...t, label: t.task })), ALONE];
-  const rows = [...languages.map((l) => ({ ...l, label: languageName(l.language) })), SOURCE];
+  const columns = [...tasks.map((t) => ({ ...t, label: t.task, about: about(t.source_language, t.dev_metrics) })), ALONE];
+  const rows = [...languages.map((l) => ({ ...l, label: languageName(l.language), about: about(null, l.dev_metrics) })), SOURCE];
   const head = h("tr", {}, h("th", { scope: "col" }, "language \\ task"),
-    columns.map((t) => h("th", { scope: "col" }, t.label, h("br"),
-      h("span", { class: "muted" }, [t.task_type, version(t)].filter(Boolean).join(" ")))));
+    columns.map((t) => h("th", { scope: "col", "data-task": t.task }, t.label, h("br"),
+      h("span", { class: "muted" }, [t.task_type, version(t)].filter(Boolean).join(" ")), aboutLine(t))));
   const body = rows.map((l) => h("tr", { "data-language": l.language },
-    h("th", { scope: "row" }, l.label, " ", h("span", { class: "muted" }, version(l))),
+    h("th", { scope: "row" }, l.label, " ", h("span", { class: "muted" }, version(l)), aboutLine(l)),
     columns.map((t) => cell(l, t, [version(l), version(t)].filter(Boolean).join(" + "), onTry))));
   $("matrix-table").replaceChildren(h("table", { id: "matrix-grid" }, h("thead", {}, head), h("tbody", {}, body)));
 }

@@ -1,10 +1,13 @@
 // Playground: pick a servable (language, task), type text, see the answer drawn for people,
-// which diffs (ids, versions) made it and how long the round trip took.
+// which diffs (ids, versions) made it and how long the round trip took. An answer is only
+// ever shown beside the pair and text that produced it: an error or a change of pair clears
+// it, and an answer that arrives after the pair changed is dropped.
 
 import { request } from "./api.js";
-import { catalog, languageName, onCatalog, pairType, taskInfo } from "./catalog.js";
+import { catalog, languageInfo, languageName, onCatalog, pairType, taskInfo } from "./catalog.js";
 import { $, h, say, shortId } from "./dom.js";
 import { example } from "./examples.js";
+import { about } from "./figures.js";
 import { renderPrediction } from "./render.js";
 
 // Fields per task type: [request field, label, element].
@@ -19,6 +22,16 @@ const fieldId = (name) => `try-${name.replace("_", "-")}`;
 let maskToken = "[MASK]";
 let shownType = null;
 let edited = false; // the person's own text survives a change of pair
+let shownPair = null; // "language|task" the form (and any answer) is for
+let asked = 0; // bumped by every run and every change of pair: a late answer is dropped
+
+/** Hide the answer and the error: they belong to a pair or a text no longer shown. */
+function clearAnswer() {
+  asked += 1;
+  $("try-result").replaceChildren();
+  $("try-result").hidden = true;
+  say($("try-error"), "");
+}
 
 export function setMaskToken(token) {
   if (token) maskToken = token;
@@ -56,10 +69,22 @@ function prefill() {
   edited = false;
 }
 
+/** What the catalog records about the pair: the task's source language and each diff's
+ * dev scores ("ner: trained on English (en) · dev F1 0.81 (en)"). */
+function describePair(language, task) {
+  const t = task ? taskInfo(task) : null, l = language ? languageInfo(language) : null;
+  const ofTask = t ? about(t.source_language, t.dev_metrics) : "";
+  const ofLanguage = l ? about(null, l.dev_metrics) : "";
+  return [ofTask && `${task}: ${ofTask}`, ofLanguage && `${languageName(language)}: ${ofLanguage}`]
+    .filter(Boolean).join("; ");
+}
+
 /** Redraw the form for the selected pair; say why when it cannot answer. */
 function update() {
   const language = $("try-language").value, task = $("try-task").value;
   const taskType = pairType(language, task);
+  if (`${language}|${task}` !== shownPair) { clearAnswer(); shownPair = `${language}|${task}`; }
+  $("try-about").textContent = taskType ? describePair(language, task) : "";
   $("try-run").disabled = !taskType;
   $("try-example").disabled = !taskType;
   $("try-type").textContent = taskType || "";
@@ -85,35 +110,43 @@ function describeDiffs(diffs) {
 }
 
 async function run(event) {
-  event.preventDefault();
+  event?.preventDefault();
   const language = $("try-language").value || null, task = $("try-task").value || null;
   const taskType = pairType(language, task);
+  if (!taskType) return;
   const input = readInput(taskType);
   say($("try-error"), "");
   $("try-run").disabled = true;
+  const mine = ++asked;
   const started = performance.now();
   try {
     const answer = await request("POST", "v1/predict", { body: { language, task, inputs: [input] } });
+    if (mine !== asked) return; // the pair changed (or another run started) meanwhile
     const ms = performance.now() - started;
     const names = [language && languageName(language), task].filter(Boolean).join(" + ");
     const result = $("try-result");
     result.replaceChildren(
       h("p", { class: "result-meta" }, h("strong", {}, names), ` · ${answer.task_type} · `,
         h("span", { id: "try-time" }, `${ms.toFixed(0)} ms`), " · made by ", describeDiffs(answer.diffs)),
-      renderPrediction(answer.task_type, answer.predictions[0], { labels: taskInfo(task)?.labels ?? [], input }));
+      renderPrediction(answer.task_type, answer.predictions[0], { input }));
     result.hidden = false;
   } catch (err) {
+    if (mine !== asked) return;
+    clearAnswer(); // the last answer was for another text: never leave it beside an error
     say($("try-error"), `${err.status ? `${err.status}: ` : ""}${err.message}`);
   } finally {
-    $("try-run").disabled = false;
+    $("try-run").disabled = !pairType($("try-language").value, $("try-task").value);
   }
 }
 
-/** Select a pair (the matrix calls this when a cell is clicked). */
+/** Select a pair and run its example (the matrix calls this when a cell is clicked). */
 export function tryPair(language, task) {
   $("try-language").value = language || "";
   $("try-task").value = task || "";
   update();
+  if (!shownType) return;
+  prefill();
+  run();
 }
 
 export function initPlayground() {

@@ -1,4 +1,6 @@
-// One prediction drawn the way a person reads it, per task type.
+// One prediction drawn the way a person reads it, per task type. Spans (entities, answers)
+// are cut from the text that was sent, by the character offsets the server returns, so what
+// is shown between and around them is the person's text verbatim.
 
 import { bar, h, score } from "./dom.js";
 
@@ -15,46 +17,34 @@ function highlight(text, type, value) {
     h("span", { class: "entity-label" }, `${type} ${score(value)}`));
 }
 
-const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
-
-/** Words with entity spans marked inline. Tag sets without BIO prefixes (POS) mark every
- * word with its tag instead, since there are no spans to join. */
-function tokenClassification(p) {
-  const bio = p.labels.some((l) => /^[BI]-/.test(l));
-  const spans = bio
-    ? p.entities.map((e) => ({ ...e, score: mean(p.scores.slice(e.start, e.end)) }))
-    : p.words.map((w, i) => ({ type: p.labels[i], start: i, end: i + 1, text: w, score: p.scores[i] }));
+/** The input text with each entity marked in place: `text.slice(start, end)` is what the
+ * model labelled; the text between entities (spaces, newlines, punctuation) stays plain.
+ * Grouped entities carry `entity_group`, single tokens (aggregation none) `entity`. */
+function tokenClassification(p, { input }) {
+  const text = typeof input === "string" ? input : "";
   const line = h("p", { class: "ner-text" });
-  let i = 0;
-  for (const span of spans) {
-    if (span.start > i) line.append(p.words.slice(i, span.start).join(" "), " ");
-    line.append(highlight(span.text, span.type, span.score), " ");
-    i = span.end;
+  let at = 0;
+  for (const e of p.entities) {
+    if (e.start < at || e.end > text.length) continue; // overlapping or outside: never cut the text twice
+    if (e.start > at) line.append(text.slice(at, e.start));
+    line.append(highlight(text.slice(e.start, e.end), e.entity_group ?? e.entity, e.score));
+    at = e.end;
   }
-  if (i < p.words.length) line.append(p.words.slice(i).join(" "));
-  const summary = bio && !spans.length ? h("p", { class: "muted" }, "No entities found.") : null;
+  if (at < text.length) line.append(text.slice(at));
+  const summary = p.entities.length ? null : h("p", { class: "muted" }, "No entities found.");
   return h("div", {}, line, summary);
 }
 
-function softmax(logits) {
-  const top = Math.max(...logits);
-  const exps = logits.map((x) => Math.exp(x - top));
-  const sum = exps.reduce((a, b) => a + b, 0);
-  return exps.map((x) => x / sum);
-}
-
-function sequenceClassification(p, { labels }) {
-  const probs = softmax(p.logits);
-  const rows = probs.map((prob, i) => ({ label: labels[i] ?? `label ${i}`, prob }))
-    .sort((a, b) => b.prob - a.prob);
+/** One bar per label, most probable first, as the server sorted them. */
+function sequenceClassification(p) {
   return h("div", { class: "bars" },
     h("p", {}, "Label: ", h("strong", { class: "answer-label" }, p.label), ` (${score(p.score)})`),
-    rows.map((r) => bar(r.label, r.prob, r.label === p.label)));
+    p.labels.map((r) => bar(r.label, r.score, r.label === p.label)));
 }
 
 function questionAnswering(p, { input }) {
   const context = input.context;
-  if (p.end <= p.start) return h("p", { class: "muted" }, "No answer found in the context.");
+  if (p.answer === null || p.answer === undefined) return h("p", { class: "muted" }, "No answer found in the context.");
   return h("div", {},
     h("p", {}, "Answer: ", h("strong", { class: "answer-label" }, p.answer), ` (${score(p.score)})`),
     h("p", { class: "qa-context" },
@@ -66,8 +56,8 @@ function questionAnswering(p, { input }) {
 function fillMask(p) {
   if (!p.masks.length) return h("p", { class: "muted" }, "The text has no mask token.");
   return h("div", {}, p.masks.map((candidates, i) => h("div", { class: "bars" },
-    h("p", {}, `Mask ${i + 1}: `, h("strong", { class: "answer-label" }, candidates[0]?.token ?? "")),
-    candidates.map((c, rank) => bar(c.token, c.score, rank === 0)))));
+    h("p", {}, `Mask ${i + 1}: `, h("strong", { class: "answer-label" }, candidates[0]?.token_str ?? "")),
+    candidates.map((c, rank) => bar(c.token_str, c.score, rank === 0)))));
 }
 
 const RENDERERS = {
@@ -77,7 +67,7 @@ const RENDERERS = {
   "fill-mask": fillMask,
 };
 
-/** context: {labels (the task's), input (what was sent)}. */
+/** context: {input (what was sent)}. */
 export function renderPrediction(taskType, prediction, context) {
   const render = RENDERERS[taskType];
   return render ? render(prediction, context) : h("pre", {}, JSON.stringify(prediction, null, 2));
