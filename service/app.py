@@ -54,8 +54,14 @@ def build_engine(settings: Settings):
     registry = open_registry(settings)
     if settings.rebuild_on_start:
         _rebuild_if_empty(registry)
-    host = ModelHost(settings.base_model, settings.resolved_device(), settings.dtype)
-    return Engine(settings, host, registry, embedded_dir=None if settings.redis_url else settings.data_dir)
+    from service.demo import install_demo
+
+    device = settings.resolved_device()
+    host = ModelHost(settings.base_model, device, settings.resolved_dtype(device))
+    demo = install_demo(registry, host.spec, settings.demo)  # before the engine: its prewarm sees them
+    engine = Engine(settings, host, registry, embedded_dir=None if settings.redis_url else settings.data_dir)
+    engine.demo = demo
+    return engine
 
 
 def create_app(settings: Settings | None = None, *, make_engine: Callable[[Settings], object] = build_engine) -> FastAPI:

@@ -25,6 +25,33 @@ def _setup() -> None:
 
 app.command("merge")(merge_cmd)
 
+data_app = typer.Typer(help="Public data sets in the layout the trainer reads.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("masakhaner")
+def data_masakhaner(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (ner/, text/)."),
+    languages: str = typer.Option("hau,swa,yor,pcm", "--languages", help="Target languages (comma-separated)."),
+    source: Optional[str] = typer.Option(
+        None, "--from", help="A local directory (a clone of masakhane-io/masakhane-ner, or a folder in this layout) "
+        "instead of the public GitHub source: for offline machines.",
+    ),
+) -> None:
+    """Fetch MasakhaNER (English source + target NER) and the targets' raw text from the
+    public masakhane-io/masakhane-ner repository, or read them from a local directory."""
+    from diffs_store.cli import EXIT_UNREACHABLE, EXIT_USAGE, fail
+    from trainer.masakhaner_data import REPO_RAW, fetch
+
+    try:
+        fetch(out, [x.strip() for x in languages.split(",") if x.strip()], source or REPO_RAW, log=typer.echo)
+    except FileNotFoundError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot read {source or REPO_RAW} ({exc}); offline, pass --from DIR", EXIT_UNREACHABLE)
+    typer.echo(f"wrote {out}")
+
+
 registry_app = typer.Typer(help="The Redis registry of diffs.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
@@ -64,6 +91,7 @@ def serve(
     target_ongoing_requests: float = typer.Option(4.0, "--target-ongoing-requests", help="Autoscaling target per model replica."),
     replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="CPUs per model replica (also its torch threads)."),
     replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="GPUs per model replica."),
+    no_demo: bool = typer.Option(False, "--no-demo", help="Install no demo diffs and retire earlier ones (CSFT_DEMO=false)."),
 ) -> None:
     """Start the HTTP server. One replica: this process (uvicorn). Two or more (or
     --max-replicas, or --ray-address): the Ray Serve application with pair-affinity
@@ -73,7 +101,10 @@ def serve(
     from service.config import Settings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(**({"base_model": base_model} if base_model else {}))
+    overrides = {"base_model": base_model} if base_model else {}
+    if no_demo:
+        overrides["demo"] = False
+    settings = Settings(**overrides)
     if replicas == 1 and max_replicas is None and ray_address is None:
         import uvicorn
 

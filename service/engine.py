@@ -151,6 +151,8 @@ class Engine:
         # Test hook: called inside the worker right before each forward pass.
         self.before_forward = None
         self.limits = Limits(model_window(host.tokenizer, host.spec.config, settings.max_seq_len))
+        # What the demo installed at start (service.demo.DemoStatus), for /v1/info.
+        self.demo = None
 
     def start(self) -> None:
         self.watch.start()

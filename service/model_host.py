@@ -20,7 +20,7 @@ from diffs_store.metadata import TaskType
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from service.precision import DTYPES
 
 
 class ModelHost:

@@ -5,6 +5,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Serving defaults to CSFT_DTYPE=auto (bf16 on CPUs with native bf16): the tests compare
+# answers with float32 references, so they pin float32 unless a test chooses a dtype itself
+# (tests/test_patcher.py covers all three; tests/test_demo.py starts the server on auto).
+os.environ.setdefault("CSFT_DTYPE", "float32")
 
 
 @pytest.fixture

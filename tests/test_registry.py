@@ -130,7 +130,7 @@ def test_versions_per_key_and_per_base(registry, base_a, base_b):
     assert registry.languages(fp_a) == ["hau", "swa"] and registry.languages(fp_b) == ["hau"]
     assert registry.tasks(fp_a) == [
         {"task": "ner", "task_type": "token-classification", "labels": list(ner[1].labels),
-         "latest_version": 2, "id": ner[1].id, "source_language": ner[1].language, "dev_metrics": {}}
+         "latest_version": 2, "id": ner[1].id, "source_language": ner[1].language, "dev_metrics": {}, "demo": False}
     ]
     assert registry.tasks(fp_b) == []
     assert registry.pairs(fp_a) == [

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from diffs_store.format import parse_diff
 from diffs_store.metadata import TaskType
 from diffs_store.validate import validate_diff_bytes
-from test_trainer import base, base_dir, lines, maskable_theta0, recipe  # noqa: F401  (module fixtures)
+from tests.test_trainer import base, base_dir, lines, maskable_theta0, recipe  # noqa: F401  (module fixtures)
 from trainer import lt_sft
 from trainer.jobs import mlm_dev_loss, train_language_diff
 from trainer.models import build_model, cast_once_frozen_decoder, untie_and_freeze_decoder

@@ -34,6 +34,12 @@ class Entry:
     # The producer's recorded figures (training, and dev scores under "dev"), as the diff's
     # header carries them: what a person picking a diff compares.
     metrics: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    tags: tuple[str, ...] = ()
+
+    @property
+    def demo(self) -> bool:
+        """Installed by the server's demo (service.demo), not uploaded by a user."""
+        return "demo" in self.tags
 
     @property
     def dev_metrics(self) -> dict[str, Any]:
@@ -60,6 +66,7 @@ class Entry:
             "created_at": self.created_at,
             "published_at": self.published_at,
             "metrics": dict(self.metrics),
+            "tags": list(self.tags),
         }
 
     @classmethod
@@ -81,6 +88,7 @@ class Entry:
             created_at=h["created_at"],
             published_at=h["published_at"],
             metrics=json.loads(h.get("metrics") or "{}"),  # absent in entries published before it was kept
+            tags=tuple(json.loads(h.get("tags") or "[]")),
         )
 
 
@@ -97,6 +105,7 @@ def entry_fields(diff_id: str, meta: DiffMetadata, size: int) -> dict[str, str]:
         "task_type": meta.task_type.value if meta.task_type else "",
         "labels": json.dumps(list(meta.labels)),
         "metrics": json.dumps(meta.metrics),
+        "tags": json.dumps(list(meta.tags)),
         "size": str(size),
         "nnz": str(meta.nnz),
         "base_model": meta.base_model,

@@ -287,6 +287,7 @@ class Registry:
                     "id": e.id,
                     "source_language": e.language,
                     "dev_metrics": e.dev_metrics,
+                    "demo": e.demo,
                 }
             )
         return out

@@ -39,7 +39,8 @@ def language_rows(engine: Engine) -> list[dict]:
             continue
         # a language answers alone (fill-mask) only when its diff carries an MLM head
         rows.append({"language": language, "latest_version": e.version, "id": e.id,
-                     "task_type": e.task_type.value if e.task_type else None, "dev_metrics": e.dev_metrics})
+                     "task_type": e.task_type.value if e.task_type else None, "dev_metrics": e.dev_metrics,
+                     "demo": e.demo})
     return rows
 
 

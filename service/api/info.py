@@ -26,7 +26,9 @@ def info(engine: Engine = Depends(get_engine)) -> dict:
         "base_model": host.public_name,
         "base_fingerprint": engine.fingerprint,
         "device": str(host.device),
-        "dtype": settings.dtype,
+        "dtype": str(host.dtype).removeprefix("torch."),  # in use (CSFT_DTYPE=auto resolved)
+        "dtype_setting": settings.dtype,
+        "demo": engine.demo.to_dict() if engine.demo is not None else {"enabled": False, "reason": "not installed"},
         "mask_token": host.tokenizer.mask_token,
         "admin_enabled": settings.admin_token is not None,
         "plan_cache": {

@@ -31,6 +31,7 @@ class DiffEntry(BaseModel):
     published_at: str
     metrics: dict[str, Any] = Field(default_factory=dict, description="the producer's recorded figures (dev scores "
                                     "under 'dev'), as the diff's metadata carries them")
+    tags: list[str] = Field(default_factory=list, description="'demo' for the diffs the server's demo installed")
 
 
 class DiffList(BaseModel):
@@ -56,6 +57,7 @@ class TaskInfo(BaseModel):
     source_language: str | None = Field(None, description="the language the task diff was trained on (None: several "
                                         "or unknown)")
     dev_metrics: dict[str, Any] = Field(default_factory=dict, description="the dev scores its producer recorded")
+    demo: bool = Field(False, description="installed by the server's demo, not uploaded by a user")
 
 
 class Tasks(BaseModel):
@@ -83,6 +85,7 @@ class LanguageRow(BaseModel):
     id: str
     task_type: str | None = Field(..., description="'fill-mask' when the language answers alone (it has an MLM head)")
     dev_metrics: dict[str, Any] = Field(default_factory=dict, description="the dev scores its producer recorded")
+    demo: bool = Field(False, description="installed by the server's demo, not uploaded by a user")
 
 
 class Catalog(BaseModel):
@@ -103,7 +106,9 @@ class Info(BaseModel):
     base_model: str
     base_fingerprint: str
     device: str
-    dtype: str
+    dtype: str = Field(..., description="the serving precision in use (CSFT_DTYPE=auto resolved)")
+    dtype_setting: str = Field(..., description="CSFT_DTYPE as set")
+    demo: dict[str, Any] = Field(..., description="the demo diffs in use, or why there are none")
     mask_token: str | None
     admin_enabled: bool
     plan_cache: PlanCacheInfo

@@ -42,7 +42,7 @@ class RoutedEngine(Engine):
 
         # The ingress never patches: no pristine copy, CPU only.
         settings = settings.model_copy(update={"device": "cpu", "pristine_copy": False})
-        host = ModelHost(settings.base_model, "cpu", settings.dtype)
+        host = ModelHost(settings.base_model, "cpu", settings.resolved_dtype("cpu"))
         super().__init__(settings, host, open_registry(settings))
         self.model = model
         self.routing = routing

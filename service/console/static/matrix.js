@@ -2,9 +2,26 @@
 // would answer, each task's source language and each diff's dev scores; a click on a
 // servable cell runs the pair's example in the playground.
 
+import { getJSON } from "./api.js";
 import { languageName, onCatalog, pairType } from "./catalog.js";
 import { $, h } from "./dom.js";
 import { about, devDetail } from "./figures.js";
+
+// The demo pairs' measured quality (GET /v1/info, demo.quality), keyed "language|task".
+let quality = {};
+
+async function loadQuality() {
+  try {
+    const demo = (await getJSON("v1/info")).demo;
+    quality = Object.fromEntries((demo?.enabled ? demo.quality : []).map((q) => [`${q.language}|${q.task}`, q]));
+  } catch (_) { quality = {}; }
+}
+
+/** "F1 43.7 (task alone 41.5)" under a cell whose language and task are both the demo's. */
+function demoNote(language, task) {
+  const q = language.demo && task.demo ? quality[`${language.language}|${task.task}`] : null;
+  return q ? h("span", { class: "muted demo-f1", title: q.test }, h("br"), `demo: F1 ${q.f1} (task alone ${q.task_only_f1})`) : "";
+}
 
 const ALONE = { task: "", label: "alone (fill-mask)" };
 const SOURCE = { language: "", label: "none (task's source language)" };
@@ -22,10 +39,10 @@ function cell(language, task, versions, onTry) {
     h("button", {
       type: "button", class: "cell-button", "data-language": language.language, "data-task": task.task,
       "aria-label": `Try ${who}`, onclick: () => onTry(language.language, task.task),
-    }, versions));
+    }, versions, demoNote(language, task)));
 }
 
-const version = (entry) => (entry.latest_version ? `v${entry.latest_version}` : "");
+const version = (entry) => (entry.latest_version ? `v${entry.latest_version}${entry.demo ? " demo" : ""}` : "");
 
 /** The header's second line: source language and dev scores, the full scores as a tooltip. */
 const aboutLine = (entry) => (entry.about
@@ -48,5 +65,8 @@ function draw({ languages, tasks }, onTry) {
 }
 
 export function initMatrix(onTry) {
-  onCatalog((current) => draw(current, onTry));
+  onCatalog(async (current) => {
+    await loadQuality();
+    draw(current, onTry);
+  });
 }

@@ -14,6 +14,15 @@ function rate(info, key) {
   return seconds > 0 ? `${((info[key] - oldest[key]) / seconds).toFixed(2)} /s` : "…";
 }
 
+/** The demo diffs in use (kind, key, version) with the pairs' measured F1, or why none. */
+function demoLine(demo) {
+  if (!demo || !demo.enabled) return h("span", { class: "muted", id: "status-demo" }, `off: ${demo?.reason ?? "not installed"}`);
+  const diffs = demo.diffs.map((d) => `${d.kind} ${d.key}${d.version ? ` v${d.version}` : ""}${d.state === "in use" ? "" : ` (${d.state})`}`);
+  const quality = demo.quality.map((q) => `${q.language}+${q.task} F1 ${q.f1} (task alone ${q.task_only_f1})`);
+  return h("span", { id: "status-demo" }, diffs.join(", "), quality.length ? h("br") : "",
+    h("span", { class: "muted" }, quality.join("; ")));
+}
+
 function draw(info) {
   const cache = info.plan_cache;
   const used = cache.budget ? cache.bytes / cache.budget : 0;
@@ -21,7 +30,8 @@ function draw(info) {
     ["Model", info.base_model],
     ["Fingerprint", h("code", { title: info.base_fingerprint }, shortId(info.base_fingerprint))],
     ["Device", info.device],
-    ["dtype", info.dtype],
+    ["dtype", info.dtype_setting === "auto" ? `${info.dtype} (auto)` : info.dtype],
+    ["Demo", demoLine(info.demo)],
     ["Plan cache", h("div", {}, bar(`${formatBytes(cache.bytes)} of ${formatBytes(cache.budget)}`, Math.min(used, 1), false,
       `${(100 * used).toFixed(used < 0.1 ? 3 : 1)}%`),
       h("span", { class: "muted" }, `${cache.entries} entries`))],
@@ -38,7 +48,8 @@ function draw(info) {
 export async function fetchInfo() {
   const info = await getJSON("v1/info");
   info.at = performance.now();
-  $("model-line").textContent = `${info.base_model} on ${info.device}, ${info.dtype}`;
+  const demo = info.demo?.enabled ? `, demo diffs: ${info.demo.diffs.filter((d) => d.state === "in use").map((d) => d.key).join(", ")}` : "";
+  $("model-line").textContent = `${info.base_model} on ${info.device}, ${info.dtype}${demo}`;
   return info;
 }
 
