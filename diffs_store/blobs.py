@@ -130,7 +130,8 @@ class LocalBlobStore(BlobStore):
         try:
             return self.path(blob_id).read_bytes()
         except FileNotFoundError:
-            raise errors.NotFound(f"no blob {blob_id} in {self.root}") from None
+            # No path in the message: it can reach an HTTP answer.
+            raise errors.NotFound(f"no blob {blob_id} in the blob store") from None
 
     def exists(self, blob_id: str) -> bool:
         return self.path(blob_id).is_file()

@@ -45,4 +45,5 @@ NON_FINITE = "non_finite"
 UNKNOWN_TENSOR = "unknown_tensor"
 HEAD_SHAPE = "head_shape"
 FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+NESTED_TOO_DEEP = "nested_too_deep"  # JSON in the header or metadata nested beyond json_limits.MAX_DEPTH
 BAD_REFERENCE = "bad_reference"  # a composable-sft pytorch_diff.bin we refuse to import

@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from diffs_store import errors
 from diffs_store.blobs import blob_id
+from diffs_store.json_limits import MAX_DEPTH, nesting_depth
 from diffs_store.metadata import DiffMetadata
 
 INDEX_PREFIX = "indices/"
@@ -116,8 +117,14 @@ def _read_header(data: bytes, max_bytes: int) -> dict:
         raise errors.DiffError(errors.HEADER_TOO_LARGE, f"header claims {n} bytes, above {MAX_HEADER_BYTES}")
     if 8 + n > len(data):
         raise errors.DiffError(errors.TRUNCATED, f"header claims {n} bytes but the file has {len(data) - 8}")
+    raw = data[8 : 8 + n]
+    depth = nesting_depth(raw)
+    if depth > MAX_DEPTH:  # refused before parsing: the parser would recurse that deep
+        raise errors.DiffError(
+            errors.NESTED_TOO_DEEP, f"the header nests JSON {depth} levels deep; the limit is {MAX_DEPTH}"
+        )
     try:
-        header = json.loads(data[8 : 8 + n])
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.DiffError(errors.NOT_SAFETENSORS, "header is not JSON: not a safetensors file") from None
     if not isinstance(header, dict):

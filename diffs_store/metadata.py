@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffs_store import errors
+from diffs_store.json_limits import MAX_DEPTH, nesting_depth, non_standard_constant
 
 FORMAT_NAME = "csft-sparse-diff"
 FORMAT_VERSION = 1
@@ -161,9 +162,13 @@ class DiffMetadata(BaseModel):
         return out
 
     @classmethod
-    def from_header(cls, header: dict[str, str] | None) -> "DiffMetadata":
+    def from_header(cls, header: Any) -> "DiffMetadata":
+        """Validate the ``__metadata__`` of a file: untrusted input, refused with
+        :class:`errors.DiffError` whatever its shape."""
         if not header:
             raise errors.DiffError(errors.BAD_METADATA, "the file has no metadata header")
+        if not isinstance(header, dict) or not all(isinstance(v, str) for v in header.values()):
+            raise errors.DiffError(errors.BAD_METADATA, "the metadata header must map names to strings")
         if header.get("format") != FORMAT_NAME:
             raise errors.DiffError(
                 errors.BAD_METADATA, f"metadata 'format' is {header.get('format')!r}, expected {FORMAT_NAME!r}"
@@ -173,10 +178,7 @@ class DiffMetadata(BaseModel):
             if name == "format":
                 continue
             if name in ("labels", "head_from_base", "recipe", "metrics"):
-                try:
-                    fields[name] = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise errors.DiffError(errors.BAD_METADATA, f"metadata '{name}' is not JSON: {exc}") from None
+                fields[name] = _json_field(name, raw)
             else:
                 fields[name] = raw
         try:
@@ -185,3 +187,18 @@ class DiffMetadata(BaseModel):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "metadata"
             raise errors.DiffError(errors.BAD_METADATA, f"{where}: {first['msg']}") from None
+
+
+def _json_field(name: str, raw: str) -> Any:
+    """A metadata value holding JSON, parsed only once its nesting is known to be bounded."""
+    depth = nesting_depth(raw)
+    if depth > MAX_DEPTH:
+        raise errors.DiffError(
+            errors.NESTED_TOO_DEEP, f"metadata '{name}' nests JSON {depth} levels deep; the limit is {MAX_DEPTH}"
+        )
+    if (constant := non_standard_constant(raw)) is not None:
+        raise errors.DiffError(errors.BAD_METADATA, f"metadata '{name}' holds {constant}, which JSON does not allow")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise errors.DiffError(errors.BAD_METADATA, f"metadata '{name}' is not JSON: {exc}") from None

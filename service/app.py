@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import console
-from service.api import admin, catalog, health, inference, info, predict
+from service.api import admin, catalog, errors, health, inference, info, predict
 from service.api.auth_limit import FailedAuthLimiter
+from service.api.body_guard import BodyGuard
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -90,4 +91,6 @@ def create_app(settings: Settings | None = None, *, make_engine: Callable[[Setti
     for module in (predict, inference, catalog, admin, health, info):
         app.include_router(module.router)
     console.mount(app)
+    errors.install(app)
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, exempt=admin.STREAMED_UPLOADS)
     return app

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     max_inputs: int = Field(64, ge=1, description="Most inputs per /v1/predict request.")
     max_input_chars: int = Field(20_000, ge=1, description="Longest text (characters) per input.")
     max_seq_len: int = Field(512, ge=8, description="Token limit per input; longer inputs are refused with 413.")
+    max_body_bytes: int = Field(
+        8 * 1024**2, ge=1024, description="Largest request body of the JSON routes (predict, ...), counted as it "
+        "streams in and refused with 413 before parsing; the diff upload has max_upload_bytes instead. The default "
+        "holds a predict request of max_inputs x max_input_chars characters even with each one written as a \\uXXXX escape.",
+    )
     max_upload_bytes: int = Field(1024**3, ge=1, description="Largest diff file accepted by the admin upload.")
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets 504.")
     redis_timeout_s: float = Field(
@@ -82,6 +87,14 @@ class Settings(BaseSettings):
     auth_failure_window_s: float = Field(60.0, gt=0, description="The window of CSFT_AUTH_FAILURES_PER_WINDOW.")
     rebuild_on_start: bool = Field(
         True, description="At start, rebuild the registry from the blob store when Redis holds no diffs but blobs exist."
+    )
+    rebuild_on_loss: bool = Field(
+        True, description="While running, rebuild the registry from the blob store when Redis loses its data (its change "
+        "counter goes back: FLUSHALL, a fresh server at the same address); /readyz says 503 meanwhile.",
+    )
+    registry_audit_s: float = Field(
+        5.0, gt=0, description="How often the registered diffs are checked against the blob store: a diff whose file is "
+        "missing makes its pairs answer 503 and shows in /readyz and csft_missing_blobs.",
     )
 
     @field_validator("admin_token", "redis_url", mode="before")

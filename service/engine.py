@@ -58,6 +58,21 @@ class RegistryDown(RuntimeError):
     """503: the registry is unreachable and this pair is not cached."""
 
 
+class BlobMissing(RegistryDown):
+    """503: the pair's diff is registered but its file is missing from the blob store."""
+
+    def __init__(self, entry: Entry | str) -> None:
+        what = (f"{entry.kind.value} diff {entry.key!r} version {entry.version} (id {entry.id})"
+                if isinstance(entry, Entry) else f"diff {entry}")
+        super().__init__(
+            f"{what} is registered but its file is missing from the blob store; this pair cannot be served until "
+            "the diff is uploaded again or retired"
+        )
+
+
+REBUILDING = "the registry lost its data and is being rebuilt from the blob store; retry shortly"
+
+
 class Unservable(ValueError):
     """422: the pair exists but cannot answer this request (e.g. fill-mask without an MLM head)."""
 
@@ -125,7 +140,9 @@ class Engine:
         # ties up at most these while the breaker opens.
         self._registry_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry")
         self.watch = RegistryWatch(
-            registry, self._on_counter, poll_s=settings.registry_poll_ms / 1000, embedded_dir=embedded_dir
+            registry, self._on_counter, poll_s=settings.registry_poll_ms / 1000, embedded_dir=embedded_dir,
+            fingerprint=host.spec.fingerprint, audit_s=settings.registry_audit_s,
+            rebuild_on_loss=settings.rebuild_on_loss,
         )
         # Builds layers of newly announced diffs off the worker (see _prewarm): one thread,
         # and at most one pass queued behind the running one.
@@ -264,6 +281,8 @@ class Engine:
         """
         if not self.watch.up:
             raise RegistryDown("the registry is unreachable; retry shortly")
+        if self.watch.rebuilding:
+            raise RegistryDown(REBUILDING)
         loop = asyncio.get_running_loop()
         timeout = self.settings.redis_timeout_s * calls + 0.5
         try:
@@ -277,9 +296,9 @@ class Engine:
         else looked up off the event loop (503 fast while the registry is down)."""
         if language is None and task is None:
             raise Unservable("name a language, a task, or both")
-        try:
-            lang = normalise_language(language) if language else None
-            task_name = normalise_task(task) if task else None
+        try:  # an empty name is a bad name (422), not an omitted one
+            lang = normalise_language(language) if language is not None else None
+            task_name = normalise_task(task) if task is not None else None
         except ValueError as exc:
             raise Unservable(str(exc)) from None
         names = (lang, task_name)
@@ -287,16 +306,27 @@ class Engine:
             cached = self._resolved.get(names)
             generation = self._generation
         if cached is not None:
+            self._check_blobs(cached)
             return cached
         if not self.watch.up:
             raise RegistryDown("the registry is unreachable and this pair is not cached; retry shortly")
         comp = await self.registry_call(self._lookup, lang, task_name, calls=_LOOKUP_CALLS)
+        self._check_blobs(comp)
         with self._lock:
             if generation == self._generation:  # not invalidated while we looked
                 self._resolved[names] = comp
         return comp
 
+    def _check_blobs(self, comp: Composition) -> None:
+        """503 when the last audit found a diff of this pair without its file."""
+        missing = self.watch.missing_blobs
+        for entry in (comp.language, comp.task):
+            if missing and entry is not None and entry.id in missing:
+                raise BlobMissing(entry)
+
     def _lookup(self, language: str | None, task: str | None) -> Composition:
+        if language is None and task is None:  # resolve() refuses this first; never look up nothing
+            raise Unservable("name a language, a task, or both")
         fp = self.fingerprint
         lang_entry = task_entry = None
         if language is not None:
@@ -320,6 +350,8 @@ class Engine:
             task_type = TaskType.FILL_MASK
         for entry in (lang_entry, task_entry):
             if entry is not None:
+                if not self.registry.blobs.exists(entry.id):  # one stat: a pair never resolves to missing bytes
+                    raise BlobMissing(entry)
                 self._nnz[entry.id] = entry.nnz
         return Composition(lang_entry, task_entry, task_type)
 
@@ -397,7 +429,11 @@ class Engine:
         return cost
 
     def _load_diff(self, diff_id: str):
-        data = self.registry.load_bytes(diff_id)
+        try:
+            data = self.registry.load_bytes(diff_id)
+        except errors.NotFound:  # the file went between two audits: 503 now, and for the pair from now on
+            self.watch.missing_blobs = self.watch.missing_blobs | {diff_id}
+            raise BlobMissing(diff_id) from None
         return validate_diff_bytes(data, self.host.spec, max_bytes=len(data) + 1)
 
     def _head(self, comp: Composition, load_diff) -> torch.nn.Module:

@@ -44,6 +44,14 @@ SWITCH_SECONDS = Counter(
 HOT_PAIRS = Gauge("csft_hot_pairs", "Pairs with a cached union plan (the hot-pair tier of the plan cache).")
 HOT_PLAN_BYTES = Gauge("csft_hot_plan_bytes", "Bytes of the plan cache held by hot pairs' union plans.")
 HOT_PROMOTIONS = Counter("csft_hot_promotions_total", "Union plans built for pairs promoted by use.")
+MISSING_BLOBS = Gauge(
+    "csft_missing_blobs", "Registered diffs of the loaded base whose file is missing from the blob store "
+    "(their pairs answer 503 until the diff is uploaded again or retired).",
+)
+REGISTRY_REBUILDS = Counter(
+    "csft_registry_rebuilds_total", "Times the running server rebuilt the registry from the blob store after Redis "
+    "lost its data.",
+)
 REGISTRY_UP = Gauge("csft_registry_up", "1 when the last registry poll succeeded (circuit breaker closed).")
 CONNECTIONS_CLOSED = Counter(
     "csft_connections_closed_total",

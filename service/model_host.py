@@ -9,6 +9,7 @@ new task costs only its head's memory.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
@@ -29,6 +30,9 @@ class ModelHost:
         self.device = torch.device(device)
         self.encoder: PreTrainedModel = encoder.to(device=self.device, dtype=self.dtype).eval()
         self.spec: BaseSpec = spec
+        # What clients are told the base is: a local directory by its name only, so no
+        # server path appears in an answer.
+        self.public_name = Path(base_model).name if Path(base_model).is_dir() else base_model
         self.tokenizer = load_tokenizer(base_model)
         # Base-model names -> live parameter tensors; only the scheduler's worker writes them.
         self.params: dict[str, torch.Tensor] = base_params(self.encoder)

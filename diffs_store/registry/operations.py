@@ -102,6 +102,8 @@ class Registry:
         did = blob_id(data)
         existing = self._get_or_none(did)
         if existing is not None:
+            if not self.blobs.exists(did):  # its file was lost: publishing the bytes again restores it
+                self.blobs.put(data)
             return existing
 
         fence_key, gen_key = self.keys.gc(did)

@@ -8,23 +8,22 @@ import time
 
 from fastapi import APIRouter, Depends
 
-from diffs_store import errors
-from diffs_store.metadata import DiffKind
 from service import metrics
-from service.api.catalog import registry_call
+from service.api.catalog import language_rows, registry_call
 from service.api.deps import get_engine
+from service.api.errors import responses
+from service.api.schemas import Catalog, Info
 from service.engine import Engine
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], responses=responses(503))
 _STARTED = time.time()
 
 
-
-@router.get("/info")
+@router.get("/info", response_model=Info)
 def info(engine: Engine = Depends(get_engine)) -> dict:
     host, settings = engine.host, engine.settings
     return {
-        "base_model": host.spec.name,
+        "base_model": host.public_name,
         "base_fingerprint": engine.fingerprint,
         "device": str(host.device),
         "dtype": settings.dtype,
@@ -41,25 +40,12 @@ def info(engine: Engine = Depends(get_engine)) -> dict:
     }
 
 
-def _language_rows(engine: Engine) -> list[dict]:
-    rows = []
-    for language in engine.registry.languages(engine.fingerprint):
-        try:
-            e = engine.registry.resolve(engine.fingerprint, DiffKind.LANGUAGE, language)
-        except errors.NotFound:  # retired between the two reads
-            continue
-        # a language answers alone (fill-mask) only when its diff carries an MLM head
-        rows.append({"language": language, "latest_version": e.version, "id": e.id,
-                     "task_type": e.task_type.value if e.task_type else None, "dev_metrics": e.dev_metrics})
-    return rows
-
-
-@router.get("/catalog")
+@router.get("/catalog", response_model=Catalog)
 async def catalog(engine: Engine = Depends(get_engine)) -> dict:
     # Off the event loop, behind the breaker; a few round trips per language, bounded in
     # total by the time budget of 16 calls (a hung Redis fails the first one).
     return await registry_call(engine, lambda: {
         "base_fingerprint": engine.fingerprint,
-        "languages": _language_rows(engine),
+        "languages": language_rows(engine),
         "tasks": engine.registry.tasks(engine.fingerprint),
     }, calls=16)

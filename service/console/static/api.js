@@ -16,13 +16,12 @@ export class ApiError extends Error {
   }
 }
 
-/** The server's own words: `detail` as it sent it (FastAPI's 422 lists are joined). */
+/** The server's own words: every error body is `{"detail": string}`. */
 function detailOf(status, text) {
   try {
     const detail = JSON.parse(text).detail;
     if (typeof detail === "string") return detail;
-    if (Array.isArray(detail)) return detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
-  } catch (_) { /* not JSON: fall through to the raw text */ }
+  } catch (_) { /* not JSON (a proxy's page): fall through to the raw text */ }
   return text || `HTTP ${status}`;
 }
 

@@ -17,6 +17,7 @@ const BY_CODE = {
   non_finite: "The diff contains NaN or infinite values.",
   unknown_tensor: "The diff names parameters this base does not have: it was made for another model.",
   head_shape: "The diff's head does not fit this base (wrong shape).",
+  nested_too_deep: "The diff's header or metadata nests JSON far deeper than any diff does.",
   fingerprint_mismatch: "This diff was made for a different base model, not the one this server runs.",
 };
 
