@@ -61,6 +61,10 @@ SPARSE_L1 = typer.Option(None, "--sparse-l1", help="L1 towards theta0 in phase 2
 SEQ = typer.Option(None, "--max-seq-len")
 SEED = typer.Option(None, "--seed")
 SAVE_STEPS = typer.Option(None, "--save-steps", help="Checkpoint every N steps (resume by rerunning).")
+PRECISION = typer.Option(
+    None, "--precision", help="fp32 (default) or bf16: forward/backward under bf16 autocast (CPUs with native bf16, "
+    "CUDA). Weights, optimizer state, the top-K selection and the diff stay fp32.",
+)
 LAYER_NORM = typer.Option(False, "--include-layer-norm", help="Let LayerNorm entries be selected (default: frozen).")
 PUSH = typer.Option(None, "--push", help="Service URL: POST the diff to <URL>/v1/admin/diffs.")
 TOKEN = typer.Option(None, "--token", envvar="CSFT_ADMIN_TOKEN", help="Admin bearer token for --push.")
@@ -77,7 +81,10 @@ def _phase(epochs, min_steps, max_steps, default):
 
 
 def _recipe(default, *, k, full, sparse, **changes):
-    recipe = default.with_(k=parse_k(k), **changes)
+    try:
+        recipe = default.with_(k=parse_k(k), **changes)
+    except ValueError as exc:  # e.g. an unknown --precision
+        fail(str(exc), 2)
     return recipe.with_(
         full=_phase(*full, recipe.full), sparse=_phase(*sparse, recipe.sparse)
     )
@@ -141,6 +148,7 @@ def language_cmd(
     seed: Optional[int] = SEED,
     save_steps: Optional[int] = SAVE_STEPS,
     include_layer_norm: bool = LAYER_NORM,
+    precision: Optional[str] = PRECISION,
     store_decoder: bool = typer.Option(
         False, "--store-decoder/--no-store-decoder",
         help="Store the frozen MLM decoder (vocab x hidden) in the diff. By default it is recorded as the base's "
@@ -160,27 +168,32 @@ def language_cmd(
 ) -> None:
     """Train a language diff: LT-SFT masked language modelling on raw text.
 
-    Recommended settings. A base WITH a pretrained MLM head (mBERT, XLM-R): the defaults,
-    which are the reference recipe (packed blocks of 256 tokens, lr 5e-5, L1 0.1, 10k-100k
-    steps per phase, no head warm-up); on little text, fewer steps rather than a higher lr.
-    A base WITHOUT an MLM head (sentence encoders such as e5 or MiniLM): keep the head
-    warm-up (default: as long as phase 1) and give it a higher rate (--head-warmup-lr 1e-3),
-    so that phase 1 selects the entries the language moves rather than the ones that
-    helped a random head; see docs/RESULTS.md for what it changes.
+    Defaults depend on the base. WITH a pretrained MLM head (mBERT, XLM-R): the reference
+    recipe (packed blocks of 256 tokens, lr 5e-5, L1 0.1, 10k-100k steps per phase, no head
+    warm-up); on little text, fewer steps rather than a higher lr. WITHOUT an MLM head
+    (sentence encoders such as e5 or MiniLM): the CPU-sized recipe chosen on dev signals
+    (docs/RESULTS.md): a head warm-up as long as phase 1 at 1e-3, so that phase 1 selects
+    the entries the language moves rather than the ones that helped a random head, then
+    100 + 100 steps at lr 1e-4 on blocks of 64 tokens, L1 0.1. Options given override.
     """
+    from diffs_store.metadata import TaskType
     from trainer.data.text import read_lines
     from trainer.jobs import file_info, train_language_diff
-    from trainer.recipe import PhaseLength, language_recipe
+    from trainer.models import head_is_fresh
+    from trainer.recipe import PhaseLength, language_recipe, language_recipe_for
 
-    recipe = _recipe(
-        language_recipe(), k=k, full=(full_epochs, full_min_steps, full_max_steps),
-        sparse=(sparse_epochs, sparse_min_steps, sparse_max_steps), batch_size=batch_size, grad_accum=grad_accum,
-        learning_rate=lr, weight_decay=weight_decay, full_l1_reg=full_l1, sparse_l1_reg=sparse_l1,
-        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps,
-        freeze_layer_norm=False if include_layer_norm else None, mlm_packing=False if line_by_line else None,
-        head_warmup=None if head_warmup_steps is None else PhaseLength(max_steps=head_warmup_steps),
-        head_warmup_lr=head_warmup_lr,
-    )
+    def recipe_from(default):
+        return _recipe(
+            default, k=k, full=(full_epochs, full_min_steps, full_max_steps),
+            sparse=(sparse_epochs, sparse_min_steps, sparse_max_steps), batch_size=batch_size, grad_accum=grad_accum,
+            learning_rate=lr, weight_decay=weight_decay, full_l1_reg=full_l1, sparse_l1_reg=sparse_l1,
+            max_seq_len=max_seq_len, seed=seed, save_steps=save_steps, precision=precision,
+            freeze_layer_norm=False if include_layer_norm else None, mlm_packing=False if line_by_line else None,
+            head_warmup=None if head_warmup_steps is None else PhaseLength(max_steps=head_warmup_steps),
+            head_warmup_lr=head_warmup_lr,
+        )
+
+    recipe_from(language_recipe())  # bad options fail before anything is read or loaded
     lines = _run(lambda: [line for p in train for line in read_lines(p)])
     if max_lines is not None:
         lines = lines[:max_lines]
@@ -191,6 +204,7 @@ def language_cmd(
     if not lines:
         fail("no training lines", 2)
     b = _load_base(base)
+    recipe = recipe_from(language_recipe_for(head_is_fresh(b.spec, TaskType.FILL_MASK)))
     data = {"train": [file_info(p) for p in train], "train_lines": len(lines), "dev_lines": len(dev_lines or [])}
     result = _run(
         train_language_diff, b, language, lines, recipe=recipe, out_dir=work_dir or Path(f"{output}.work"),
@@ -270,6 +284,7 @@ def task_cmd(
     seed: Optional[int] = SEED,
     save_steps: Optional[int] = SAVE_STEPS,
     include_layer_norm: bool = LAYER_NORM,
+    precision: Optional[str] = PRECISION,
     push: Optional[str] = PUSH,
     token: Optional[str] = TOKEN,
 ) -> None:
@@ -295,7 +310,7 @@ def task_cmd(
         task_recipe(tt), k=k, full=(full_epochs, full_min_steps, full_max_steps),
         sparse=(sparse_epochs, sparse_min_steps, sparse_max_steps), batch_size=batch_size, grad_accum=grad_accum,
         learning_rate=lr, weight_decay=weight_decay, full_l1_reg=full_l1, sparse_l1_reg=sparse_l1,
-        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps,
+        max_seq_len=max_seq_len, seed=seed, save_steps=save_steps, precision=precision,
         freeze_layer_norm=False if include_layer_norm else None,
     )
     trains = [split_source(t) for t in train]

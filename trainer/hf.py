@@ -13,6 +13,12 @@
   (:class:`trainer.lt_sft.SelectedReference`), the L1 term touches only those, and
   nothing is copied back, so phase 2 costs about what full fine-tuning does.
 * a ``TrainerCallback.on_step_begin`` flag: the L1 term is added once per optimizer step.
+* ``autocast_smart_context_manager``: with ``recipe.precision == "bf16"``, forward and loss
+  run under ``torch.autocast`` (bf16) on the training device; backward follows the
+  autocast graph. Parameters, gradients, AdamW state and theta_ref stay fp32, so the L1
+  term, the masks and the top-K over |theta1 - theta0| are computed exactly as in fp32.
+  (Our own context rather than ``TrainingArguments(bf16=True)``: accelerate wraps only
+  ``model.forward``, which the MLM loss bypasses for its cheap masked-position path.)
 
 :func:`run_lt_sft` drives phase 1 (full), mask selection, reset of *every* parameter
 (heads included), phase 2 (sparse), each with a fresh optimizer and LR schedule and its own
@@ -27,6 +33,7 @@ rank from identical parameters. Only the main process writes the mask and the di
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -142,6 +149,12 @@ class LtSftTrainer(Trainer):
             lt_sft.mask_gradients(self.maskable, self._selected, self._scratch)
         return loss
 
+    def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> contextlib.AbstractContextManager:
+        """bf16 autocast around forward and loss when the recipe asks for it (see module doc)."""
+        if self.recipe.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.args.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.loss_fn is None or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -190,6 +203,21 @@ class LtSftTrainer(Trainer):
         resume = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
         result = self.train(resume_from_checkpoint=resume)
         return {"steps": result.global_step, "train_loss": round(float(result.training_loss), 6)}
+
+
+def compute_dtype(recipe: Recipe) -> torch.dtype | None:
+    """The autocast dtype of a recipe (None: plain fp32)."""
+    return torch.bfloat16 if recipe.precision == "bf16" else None
+
+
+def warn_if_bf16_is_emulated(recipe: Recipe) -> None:
+    """bf16 autocast runs anywhere, but only CPUs with native bf16 (AVX512-BF16, AMX) or a
+    CUDA device make it faster; elsewhere it is emulated and slower than fp32."""
+    if recipe.precision != "bf16" or torch.cuda.is_available():
+        return
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if native is not None and not native():
+        log.warning("precision bf16: this CPU has no native bf16; autocast will be slower than fp32")
 
 
 def _optimizer_name(name: str) -> str:

@@ -43,8 +43,10 @@ from diffs_store.validate import check_against_base
 from trainer import lt_sft
 from trainer.data.encode import SourceCollator, collator_for, encode_mlm
 from trainer.evaluate import evaluate_model
-from trainer.hf import SOURCE_KEY, LtSftTrainer, run_full_finetune, run_lt_sft, training_arguments
-from trainer.models import build_model, frozen_encoder, mlm_loss, untie_and_freeze_decoder
+from trainer.hf import (
+    SOURCE_KEY, LtSftTrainer, compute_dtype, run_full_finetune, run_lt_sft, training_arguments, warn_if_bf16_is_emulated,
+)
+from trainer.models import build_model, cast_once_frozen_decoder, frozen_encoder, mlm_loss, untie_and_freeze_decoder
 from trainer.multisource import LanguageSwitch, SourceBatchSampler, sparse_part_for
 from trainer.recipe import PhaseLength, Recipe, resolve_k
 from trainer.task_types import trainer_task
@@ -181,19 +183,21 @@ def train_language_diff(
     out = Path(out_dir)
     collator = collator_for(TaskType.FILL_MASK, base.tokenizer, mlm_probability=recipe.mlm_probability)
     warmup = head_warmup_length(recipe, fresh)
-    warmup_record = warm_up_head(model, recipe, warmup, features, collator, out)
-    if dev_features is not None and warmup_record["steps"]:
-        warmup_record["dev_after"] = mlm_dev_loss(model, base.tokenizer, dev_features, recipe)
-    trainer = LtSftTrainer(
-        model=model,
-        args=training_arguments(recipe, out),
-        train_dataset=features,
-        data_collator=collator,
-        recipe=recipe,
-        maskable=maskable,
-        loss_fn=mlm_loss,
-    )
-    result = run_lt_sft(trainer, recipe, k, out, len(features))
+    warn_if_bf16_is_emulated(recipe)
+    with cast_once_frozen_decoder(model, compute_dtype(recipe)):
+        warmup_record = warm_up_head(model, recipe, warmup, features, collator, out)
+        if dev_features is not None and warmup_record["steps"]:
+            warmup_record["dev_after"] = mlm_dev_loss(model, base.tokenizer, dev_features, recipe)
+        trainer = LtSftTrainer(
+            model=model,
+            args=training_arguments(recipe, out),
+            train_dataset=features,
+            data_collator=collator,
+            recipe=recipe,
+            maskable=maskable,
+            loss_fn=mlm_loss,
+        )
+        result = run_lt_sft(trainer, recipe, k, out, len(features))
     metrics: dict[str, Any] = {
         "train": {"head_warmup": warmup_record, **result.phases, "examples": len(features),
                   "seconds": round(time.time() - started, 1)},
@@ -331,6 +335,7 @@ def train_task_diff(
     """LT-SFT on labelled data from one or more source languages -> a task diff."""
     started = time.time()
     labels, model = _task_setup(base, task_type, sources, labels, recipe)
+    warn_if_bf16_is_emulated(recipe)
     multi = len(sources) > 1
     params = base_params(model)
     if not multi and sources[0].diff is not None:

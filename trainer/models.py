@@ -40,8 +40,13 @@ def build_model(
     pretrained = pretrained_head(spec, task_type)
     if pretrained:
         model.load_state_dict(pretrained, strict=False)
-    fresh = bool(head_layout(spec, task_type, len(labels) or 2).required)
-    return model.float().train(), fresh
+    return model.float().train(), head_is_fresh(spec, task_type, len(labels) or 2)
+
+
+def head_is_fresh(spec: BaseSpec, task_type: TaskType, n_labels: int = 2) -> bool:
+    """Whether the checkpoint leaves part of the ``task_type`` head to train from scratch
+    (for fill-mask: a base without a pretrained MLM head, e.g. a sentence encoder)."""
+    return bool(head_layout(spec, task_type, n_labels).required)
 
 
 def untie_and_freeze_decoder(model: PreTrainedModel) -> None:
@@ -54,6 +59,39 @@ def untie_and_freeze_decoder(model: PreTrainedModel) -> None:
     model.config.tie_word_embeddings = False
     if hasattr(model.config, "get_text_config"):
         model.config.get_text_config().tie_word_embeddings = False
+
+
+@contextmanager
+def cast_once_frozen_decoder(model: PreTrainedModel, dtype: torch.dtype | None) -> Iterator[None]:
+    """Inside the block, the frozen MLM decoder uses one ``dtype`` copy of its weight made on
+    entry, when autocast to ``dtype`` is on; outside autocast it is the plain fp32 layer.
+
+    Autocast casts every weight on every forward: for a 250k-row vocabulary that is a
+    96M-entry copy per step. The decoder is frozen (:func:`untie_and_freeze_decoder`), so
+    the cast gives the same values every time and is made once; the result is identical to
+    autocast's own cast (round to nearest). Its bias (tied to the trainable head bias) is
+    cast per call, as autocast does, so its gradient flows. ``dtype=None`` or a decoder
+    that trains: no change.
+    """
+    decoder = model.get_output_embeddings()
+    if dtype is None or decoder is None or decoder.weight.requires_grad:
+        yield
+        return
+    weight = decoder.weight.detach().to(dtype)
+    plain = type(decoder).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == dtype:
+            bias = None if decoder.bias is None else decoder.bias.to(dtype)
+            return F.linear(x.to(dtype), weight, bias)
+        return plain(decoder, x)
+
+    decoder.forward = forward
+    try:
+        yield
+    finally:
+        del decoder.forward
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from diffs_store.metadata import TaskType
 
 LANGUAGE_K_MATRICES = 13  # 13 * 768**2 = 7,667,712
 TASK_K_MATRICES = 24  # 24 * 768**2 = 14,155,776
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,18 @@ class Recipe:
     # recipe's learning_rate).
     head_warmup: PhaseLength | None = None
     head_warmup_lr: float | None = None
+    # Compute precision of forward and backward: "fp32", or "bf16" autocast (CPUs with
+    # native bf16, CUDA). Master weights, gradients, optimizer state, theta_ref, the top-K
+    # selection and the diff stay fp32 either way; only matmul inputs are rounded.
+    precision: str = "fp32"
     seed: int = 42
     save_steps: int | None = None  # checkpoint every N optimizer steps (None: no checkpoints)
     save_total_limit: int = 2
     logging_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} must be one of {', '.join(PRECISIONS)}")
 
     def with_(self, **changes: Any) -> "Recipe":
         """A copy with ``changes``; ``None`` values are ignored so CLI options can pass through."""
@@ -110,6 +119,24 @@ def language_recipe(**changes: Any) -> Recipe:
         sparse_l1_reg=0.1,
     )
     return base.with_(**changes)
+
+
+# The language recipe for a base WITHOUT a pretrained MLM head (sentence encoders such as
+# e5 or MiniLM), sized for a CPU and chosen on development signals only (dev MLM loss on
+# held-out lines; docs/RESULTS.md "Choosing the language recipe", with its selection log):
+# a head warm-up as long as phase 1 at 1e-3 (head_warmup None: as long as phase 1), then
+# 100 + 100 LT-SFT steps at 1e-4 on packed blocks of 64 tokens. A base with a pretrained
+# head keeps the reference recipe (language_recipe()).
+NO_MLM_HEAD_LANGUAGE: dict[str, Any] = dict(
+    full=PhaseLength(max_steps=100), sparse=PhaseLength(max_steps=100), learning_rate=1e-4,
+    head_warmup_lr=1e-3, max_seq_len=64,
+)
+
+
+def language_recipe_for(fresh_head: bool, **changes: Any) -> Recipe:
+    """The default language recipe for a base with (``fresh_head=False``) or without a
+    pretrained MLM head; ``changes`` override it."""
+    return language_recipe(**{**(NO_MLM_HEAD_LANGUAGE if fresh_head else {}), **changes})
 
 
 def task_recipe(task_type: TaskType, **changes: Any) -> Recipe:

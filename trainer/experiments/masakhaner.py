@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--en-eval-max", type=int, default=500, help="English test sentences, a seeded random subset (a sanity row).")
     p.add_argument("--eval-seed", type=int, default=SUBSET_SEED, help="Seed of the test subsets and of the bootstrap.")
     p.add_argument("--bootstrap", type=int, default=1000, help="Paired bootstrap resamples for (b) - (a).")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: every training stage under bf16 autocast (fp32 weights, selection and diffs).")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     p.add_argument("--seed", type=int, default=42)
     return p.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv=None) -> dict:
     lang_recipe = language_recipe(
         k=k_lang, full=PhaseLength(max_steps=args.lang_steps), sparse=PhaseLength(max_steps=args.lang_steps),
         batch_size=args.batch_size, learning_rate=args.lang_lr, max_seq_len=args.lang_seq, seed=args.seed,
-        mlm_packing=not args.line_by_line, head_warmup_lr=args.head_warmup_lr,
+        mlm_packing=not args.line_by_line, head_warmup_lr=args.head_warmup_lr, precision=args.precision,
         head_warmup=None if args.head_warmup_steps is None else PhaseLength(max_steps=args.head_warmup_steps),
     )
     n_lines = args.lang_lines or args.lang_steps * args.batch_size
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
     ner_recipe = task_recipe(
         TaskType.TOKEN_CLASSIFICATION, k=k_task, full=PhaseLength(max_steps=args.task_steps),
         sparse=PhaseLength(max_steps=args.task_steps), batch_size=args.batch_size, learning_rate=args.task_lr,
-        max_seq_len=args.task_seq, seed=args.seed,
+        max_seq_len=args.task_seq, seed=args.seed, precision=args.precision,
     )
     task_file = out / "task-ner-en.safetensors"
     if not task_file.exists() and not args.only_full_ft:
