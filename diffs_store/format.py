@@ -29,8 +29,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from diffs_store import errors
-from diffs_store.json_limits import MAX_DEPTH, nesting_depth
 from diffs_store.blobs import blob_id
+from diffs_store.json_limits import MAX_DEPTH, nesting_depth
 from diffs_store.metadata import DiffMetadata
 
 INDEX_PREFIX = "indices/"

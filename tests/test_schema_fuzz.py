@@ -24,6 +24,8 @@ from schemathesis.specs.openapi.checks import (
 from diffs_store.redis_connection import shutdown_embedded
 from tests.live_server import LiveServer
 from tests.support import AUTH, TOKEN, upload_all
+
+pytestmark = pytest.mark.slow  # Schemathesis over every route of a live server
 from service.config import Settings
 
 MAX_EXAMPLES = 100

@@ -136,6 +136,7 @@ def assert_same(got, want) -> None:
 
 # -- token classification ----------------------------------------------------------------
 
+@pytest.mark.slow  # every strategy against the pipeline on both tokenizers
 @pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
 def test_token_classification_matches_the_pipeline(world, strategy):
     oracle = pipeline("token-classification", model=str(world.merged["ner"]), device="cpu")
@@ -149,6 +150,7 @@ def test_token_classification_matches_the_pipeline(world, strategy):
                 assert 0 <= entity["start"] <= entity["end"] <= len(text)
 
 
+@pytest.mark.slow  # every strategy against the pipeline on both tokenizers
 @pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
 def test_long_documents_run_as_windows_merged_as_the_pipeline_merges(world, strategy):
     oracle = pipeline("token-classification", model=str(world.merged["ner"]), device="cpu")
@@ -235,6 +237,7 @@ def qa_oracle_path():
     return target
 
 
+@pytest.mark.slow  # runs transformers 4.57's QA pipeline in a subprocess (fetched once from PyPI)
 def test_question_answering_matches_the_extractive_pipeline(world, qa_oracle_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(qa_oracle_path), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", ORACLE_SCRIPT, str(world.merged["qa"])], input=json.dumps(QA_CASES),

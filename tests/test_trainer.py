@@ -201,6 +201,7 @@ def test_language_diff_exactly_k_frozen_bit_identical_heads_dense_file_valid(bas
             patcher.restore()
 
 
+@pytest.mark.slow
 def test_without_reimposing_weight_decay_moves_frozen_entries(base, tmp_path, monkeypatch):
     """The negative control: gradient masking alone lets AdamW's weight decay move frozen
     entries; re-imposing theta_ref after each step is what keeps them bit-identical."""

@@ -99,6 +99,7 @@ def test_cli_line_mode_and_warmup_are_recorded(base_dir, tmp_path):
     assert meta.metrics["train"]["examples"] == 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bert", "xlmr"])
 def test_a_pretrained_mlm_head_is_kept_and_not_warmed_up(arch, tmp_path):
     """On a checkpoint saved from *ForMaskedLM (mBERT, XLM-R), the language model starts
