@@ -240,15 +240,15 @@ def test_a_heavy_request_takes_turns_with_a_light_one(loaded):
     import time
 
     engine = loaded.app.state.engine
-    engine.settings.max_batch_size = 4
+    engine.settings.max_batch_size = 2  # 8 turns of 0.2 s: room for the light request under load
     forwards: list[str] = []
 
     def slow(comp):
         forwards.append(comp.task.key)
-        time.sleep(0.05)
+        time.sleep(0.2)
 
     engine.before_forward = slow
-    heavy = {"language": "hau", "task": "ner", "inputs": ["john went to lagos " * 8] * 4}  # 4 inputs x 4+ windows
+    heavy = {"language": "hau", "task": "ner", "inputs": ["john went to lagos " * 10] * 4}  # 4 inputs x ~4 windows
     done: dict[str, float] = {}
 
     def send(name, body):
