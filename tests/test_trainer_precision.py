@@ -179,7 +179,7 @@ def test_language_defaults_follow_the_base_head():
 
 
 def test_bf16_task_diff_trains_under_autocast_with_fp32_entries(base, tmp_path):
-    from test_trainer import sentences
+    from tests.test_trainer import sentences
     from trainer.jobs import Source, train_task_diff
 
     dtypes = set()
