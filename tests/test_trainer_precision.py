@@ -161,13 +161,13 @@ def test_unknown_precision_is_refused_and_cli_defaults_for_a_headless_base(base_
     meta = parse_diff((tmp_path / "en.safetensors").read_bytes()).meta
     assert meta.recipe["precision"] == "bf16"
     # The tiny base has no MLM head: unset options take the headless recipe's values.
-    assert meta.recipe["head_warmup_lr"] == 1e-3 and meta.recipe["learning_rate"] == 1e-4
+    assert meta.recipe["head_warmup_lr"] == 1e-3 and meta.recipe["learning_rate"] == 3e-4
     assert meta.recipe["full"]["max_steps"] == 2 and meta.recipe["head_warmup_steps"] == 2  # as long as phase 1
 
 
 def test_language_defaults_follow_the_base_head():
     """A base with a pretrained MLM head keeps the reference recipe; one without gets the
-    CPU-sized recipe chosen on dev signals (warm-up at 1e-3, 100 + 100 steps, blocks of 64)."""
+    CPU-sized recipe chosen on dev signals (warm-up at 1e-3, 100 + 100 steps at 3e-4, blocks of 64)."""
     from trainer.recipe import NO_MLM_HEAD_LANGUAGE, language_recipe, language_recipe_for
 
     assert language_recipe_for(False) == language_recipe()
@@ -175,11 +175,11 @@ def test_language_defaults_follow_the_base_head():
     assert fresh == language_recipe(**NO_MLM_HEAD_LANGUAGE)
     assert fresh.head_warmup_lr == 1e-3 and fresh.full.steps(10**6, 8) == 100 and fresh.max_seq_len == 64
     assert fresh.full_l1_reg == fresh.sparse_l1_reg == 0.1  # the reference's L1 either way
-    assert language_recipe_for(True, learning_rate=3e-4).learning_rate == 3e-4  # options override
+    assert fresh.learning_rate == 3e-4 and language_recipe_for(True, learning_rate=1e-4).learning_rate == 1e-4
 
 
 def test_bf16_task_diff_trains_under_autocast_with_fp32_entries(base, tmp_path):
-    from test_trainer import sentences
+    from tests.test_trainer import sentences
     from trainer.jobs import Source, train_task_diff
 
     dtypes = set()

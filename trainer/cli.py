@@ -174,7 +174,7 @@ def language_cmd(
     (sentence encoders such as e5 or MiniLM): the CPU-sized recipe chosen on dev signals
     (docs/RESULTS.md): a head warm-up as long as phase 1 at 1e-3, so that phase 1 selects
     the entries the language moves rather than the ones that helped a random head, then
-    100 + 100 steps at lr 1e-4 on blocks of 64 tokens, L1 0.1. Options given override.
+    100 + 100 steps at lr 3e-4 on blocks of 64 tokens, L1 0.1. Options given override.
     """
     from diffs_store.metadata import TaskType
     from trainer.data.text import read_lines
