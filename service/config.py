@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from diffs_store.redis_connection import DEFAULT_TIMEOUT_S
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CSFT_", env_file=".env", extra="ignore")
@@ -62,7 +64,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(1024**3, ge=1, description="Largest diff file accepted by the admin upload.")
     request_timeout_s: float = Field(60.0, gt=0, description="A request waiting longer gets 504.")
     redis_timeout_s: float = Field(
-        1.0, gt=0, description="Socket connect/read timeout of every Redis call: a hung Redis costs at most this."
+        DEFAULT_TIMEOUT_S, gt=0, description="Socket connect/read timeout of every Redis call: a hung Redis costs at most this."
     )
     registry_poll_ms: float = Field(
         250.0, gt=0, description="How often a background thread reads the change counter and checks Redis."

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from diffs_store.cli import fail, push_diff
+from diffs_store.cli import EXIT_USAGE, fail, push_diff
 
 train_app = typer.Typer(help="Train LT-SFT language and task diffs.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def parse_k(value: Optional[str]) -> int | float | None:
     try:
         number = float(value)
     except ValueError:
-        fail(f"--k {value!r} is neither a count nor a proportion", 2)
+        fail(f"--k {value!r} is neither a count nor a proportion", EXIT_USAGE)
     return int(number) if number.is_integer() else number
 
 
@@ -84,7 +84,7 @@ def _recipe(default, *, k, full, sparse, **changes):
     try:
         recipe = default.with_(k=parse_k(k), **changes)
     except ValueError as exc:  # e.g. an unknown --precision
-        fail(str(exc), 2)
+        fail(str(exc), EXIT_USAGE)
     return recipe.with_(
         full=_phase(*full, recipe.full), sparse=_phase(*sparse, recipe.sparse)
     )
@@ -96,7 +96,7 @@ def _load_base(name: str):
     try:
         return Base.load(name)
     except (OSError, ValueError) as exc:
-        fail(f"cannot load base model {name!r}: {str(exc).splitlines()[0]}", 2)
+        fail(f"cannot load base model {name!r}: {str(exc).splitlines()[0]}", EXIT_USAGE)
 
 
 def _finish(result, output: Path, push: Optional[str], token: Optional[str]) -> None:
@@ -118,7 +118,7 @@ def _run(fn, *args: Any, **kwargs: Any):
     except DiffError as exc:
         fail(str(exc))
     except (ValueError, KeyError, OSError) as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2)
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, EXIT_USAGE)
 
 
 @train_app.command("language")
@@ -202,7 +202,7 @@ def language_cmd(
         cut = max(1, int(len(lines) * dev_split))
         lines, dev_lines = lines[:-cut], lines[-cut:]
     if not lines:
-        fail("no training lines", 2)
+        fail("no training lines", EXIT_USAGE)
     b = _load_base(base)
     recipe = recipe_from(language_recipe_for(head_is_fresh(b.spec, TaskType.FILL_MASK)))
     data = {"train": [file_info(p) for p in train], "train_lines": len(lines), "dev_lines": len(dev_lines or [])}
@@ -234,7 +234,7 @@ def read_task_data(path: Path, task_type: str, fmt: Optional[str], opts: dict) -
         )
     if fmt == "squad":
         return d.read_squad(path)
-    fail(f"--format must be one of {', '.join(FORMATS)}", 2)
+    fail(f"--format must be one of {', '.join(FORMATS)}", EXIT_USAGE)
 
 
 FORMAT = typer.Option(None, "--format", help="conll | conllu | classification | squad (default: from task type).")
@@ -302,7 +302,7 @@ def task_cmd(
     from trainer.recipe import task_recipe
 
     if task_type not in TASK_TYPES:
-        fail(f"--task-type must be one of {', '.join(TASK_TYPES)}", 2)
+        fail(f"--task-type must be one of {', '.join(TASK_TYPES)}", EXIT_USAGE)
     tt = TaskType(task_type)
     opts = dict(token_column=token_column, tag_column=tag_column, conllu_column=conllu_column,
                 text_field=text_field, pair_field=pair_field, label_field=label_field)
@@ -316,7 +316,7 @@ def task_cmd(
     trains = [split_source(t) for t in train]
     devs = dict(split_source(t) for t in dev)
     if len(trains) > 1 and any(lang is None for lang, _ in trains):
-        fail("with several --train files, give each as LANG=PATH", 2)
+        fail("with several --train files, give each as LANG=PATH", EXIT_USAGE)
     examples = [_run(read_task_data, path, task_type, fmt, opts)[:max_examples] for _, path in trains]
     dev_sets = {lang: _run(read_task_data, path, task_type, fmt, opts) for lang, path in devs.items()}
 
@@ -372,7 +372,7 @@ def eval_cmd(
 
     meta = _run(lambda: read_metadata(task_diff.read_bytes()))
     if meta.kind.value != "task":
-        fail(f"{task_diff} is a {meta.kind.value} diff, given as --task-diff", 2)
+        fail(f"{task_diff} is a {meta.kind.value} diff, given as --task-diff", EXIT_USAGE)
     opts = dict(token_column=token_column, tag_column=tag_column, conllu_column=conllu_column,
                 text_field=text_field, pair_field=pair_field, label_field=label_field)
     examples = sample_subset(_run(read_task_data, data, meta.task_type.value, fmt, opts), max_examples, subset_seed)

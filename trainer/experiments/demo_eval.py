@@ -24,7 +24,7 @@ import torch
 
 from diffs_store.base import load_base_model, load_tokenizer
 from diffs_store.compact import decode, encode
-from diffs_store.format import SparseDiff, load_diff
+from diffs_store.format import SparseDiff
 from diffs_store.merge import build_composed_model
 from diffs_store.validate import validate_diff_bytes
 from trainer.data import read_conll
